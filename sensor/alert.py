@@ -1,0 +1,118 @@
+"""The alert record and its rendering: the contract with fail2ban.
+
+One detection is one :class:`Alert`.  :func:`format_alert` turns it into the
+syslog/journal MESSAGE and the journald fields of DESIGN.md section 4.  The
+message starts with fixed ``key=value`` fields, source address first, so that
+no attacker-controlled text (reverse-DNS names) can precede the address that
+fail2ban bans.  Pure: no I/O here; the sinks in :mod:`sensor.sinks` write.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+# One fixed 128-bit id for every attack alert (journalctl MESSAGE_ID=...).
+MESSAGE_ID = "6f0b7d8e3c2a4f1b9d5e8a7c4b3f2e1d"
+SYSLOG_IDENTIFIER = "portsentry-sensor"
+PRIORITY_NOTICE = 5
+PRIORITY_WARNING = 4
+PRIORITY_ERR = 3
+FACILITY_DAEMON = 3
+
+SCAN_TYPES = ("connect", "syn", "fin", "null", "xmas", "udp", "unknown")
+PROTOS = ("tcp", "udp")
+
+_SCAN_TEXT = {
+    "connect": "TCP connect",
+    "syn": "TCP SYN",
+    "fin": "TCP FIN",
+    "null": "TCP NULL",
+    "xmas": "TCP XMAS",
+    "udp": "UDP",
+    "unknown": "TCP unknown-flags",
+}
+
+# Characters allowed in a reverse-DNS name once escaped into the last field.
+_SAFE_HOST = re.compile(r"[^A-Za-z0-9.-]")
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One detection: a source touched a watched port (or a summary of many)."""
+
+    src: str
+    dst: str
+    proto: str
+    dport: int
+    scan: str
+    mode: str
+    verified: bool
+    count: int
+    summary: bool = False
+    window: int = 0
+    flags: str = ""
+    hostname: str = ""
+
+
+def _validate(alert: Alert) -> None:
+    """Refuse records that would break the line format (programming errors)."""
+    ipaddress.ip_address(alert.src)
+    ipaddress.ip_address(alert.dst)
+    if alert.proto not in PROTOS or alert.scan not in SCAN_TYPES:
+        raise ValueError(f"bad proto/scan {alert.proto}/{alert.scan}")
+    if not 0 <= alert.dport <= 65535 or alert.count < 1:
+        raise ValueError("bad dport/count")
+    if not alert.mode.isalpha():
+        raise ValueError(f"bad mode {alert.mode!r}")
+
+
+def escape_hostname(name: str) -> str:
+    """Reduce a reverse-DNS name to inert text: letters, digits, dots, dashes."""
+    return _SAFE_HOST.sub("_", name)[:253]
+
+
+def _free_text(alert: Alert) -> str:
+    proto = alert.proto.upper()
+    kind = _SCAN_TEXT[alert.scan]
+    if alert.flags:
+        kind = f"{kind} ({alert.flags})"
+    if alert.summary:
+        return (f"{kind} scan from host {alert.src} continues: {alert.count} "
+                f"{proto} ports in the last {alert.window} s")
+    return f"{kind} scan from host {alert.src} to {proto} port {alert.dport}"
+
+
+def format_alert(alert: Alert) -> tuple[str, dict[str, str]]:
+    """Return (MESSAGE, journald fields) for one alert."""
+    _validate(alert)
+    verified = "yes" if alert.verified else "no"
+    head = (f"attackalert: src={alert.src} dst={alert.dst} proto={alert.proto} "
+            f"dport={alert.dport} scan={alert.scan} mode={alert.mode} "
+            f"verified={verified} count={alert.count}")
+    message = f"{head} {_free_text(alert)}"
+    if alert.hostname:
+        message = f"{message} host={escape_hostname(alert.hostname)}"
+    fields = {
+        "MESSAGE_ID": MESSAGE_ID,
+        "PRIORITY": str(PRIORITY_NOTICE),
+        "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
+        "SYSLOG_FACILITY": str(FACILITY_DAEMON),
+        "PORTSENTRY_SRC": alert.src,
+        "PORTSENTRY_DST": alert.dst,
+        "PORTSENTRY_PROTO": alert.proto,
+        "PORTSENTRY_DPORT": str(alert.dport),
+        "PORTSENTRY_SCAN": alert.scan,
+        "PORTSENTRY_MODE": alert.mode,
+        "PORTSENTRY_VERIFIED": verified,
+        "PORTSENTRY_COUNT": str(alert.count),
+    }
+    if alert.summary:
+        fields["PORTSENTRY_SUMMARY"] = "1"
+    return message, fields
+
+
+def format_admin(text: str) -> str:
+    """A sensor status line: never matches the fail2ban filter."""
+    return f"adminalert: {text}"
