@@ -130,7 +130,7 @@ def _modes(value: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
         return ()
     for word in words:
         if word not in allowed:
-            raise ValueError(f"'{word}' is not one of {', '.join(allowed + ('off',))}")
+            raise ValueError(f"'{word}' is not one of {', '.join((*allowed, 'off'))}")
     if len(words) != len(set(words)):
         raise ValueError(f"'{value.strip()}' repeats a mode")
     if sum(1 for w in words if w[0] in "sa") > 1:

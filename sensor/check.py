@@ -1,0 +1,69 @@
+"""``portsentry-sensor check``: validate and show the port plan, change nothing."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+
+from sensor.config import Config
+from sensor.daemon import load_all
+from sensor.portplan import PortPlan, Skip, build_plan, read_listening
+from sensor.portspec import format_ports
+
+MODE_TEXT = {
+    "tcp": "bound sockets", "udp": "bound sockets",
+    "stcp": "raw sockets on TCP_PORTS", "sudp": "raw sockets on UDP_PORTS",
+    "atcp": "raw sockets, every unused port", "audp": "raw sockets, every unused port",
+}
+
+
+def _skips(skips: Iterable[Skip]) -> list[str]:
+    by_reason: dict[str, list[int]] = {}
+    for skip in skips:
+        by_reason.setdefault(skip.reason, []).append(skip.port)
+    return [f"    skipped {format_ports(ports)}: {reason}" for reason, ports in by_reason.items()]
+
+
+def render_plan(config: Config, plan: PortPlan, in_use: dict[str, set[int]]) -> list[str]:
+    """Human-readable plan, one protocol after the other."""
+    lines: list[str] = []
+    for proto, modes in (("tcp", config.tcp_modes), ("udp", config.udp_modes)):
+        if not modes:
+            lines.append(f"{proto.upper()}: off")
+            continue
+        for mode in modes:
+            lines.append(f"{proto.upper()}: mode {mode} ({MODE_TEXT[mode]})")
+            if mode == proto:
+                bound = plan.tcp_bound if proto == "tcp" else plan.udp_bound
+                busy = [p for p in bound if p in in_use[proto]]
+                free = [p for p in bound if p not in in_use[proto]]
+                lines.append(f"    watched {len(free)}: {format_ports(free) or '-'}")
+                if busy:
+                    lines.append(f"    skipped {format_ports(busy)}: already in use by another program")
+            else:
+                raw = sorted(plan.raw_ports(proto))
+                lines.append(f"    watched {len(raw)}: {format_ports(raw) or '-'}")
+                lines += _skips(s for s in plan.skipped if s.proto == proto)
+    return lines
+
+
+def check(path: str, defaults: Iterable[str] | None, quiet: bool = False) -> int:
+    """Validate; print warnings and the plan.  ConfigError propagates (exit 2)."""
+    loaded = load_all(path, defaults)
+    config = loaded.config
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if quiet:
+        return 0
+    in_use = {"tcp": read_listening("tcp"), "udp": read_listening("udp")}
+    plan = build_plan(config, in_use["tcp"], in_use["udp"])
+    print(f"{path}: OK")
+    for line in render_plan(config, plan, in_use):
+        print(line)
+    extra = len(loaded.ignore.networks)
+    print(f"ignore list: {extra} entries (this host's addresses, loopback"
+          f"{', ' + config.ignore_file if config.ignore_file else ''})")
+    print(f"alert: after more than {config.scan_trigger} ports within {config.scan_window} s; "
+          f"summaries every {config.summary_interval} s, at most {config.summary_max_lines} per window; "
+          f"log target {config.log_target}")
+    return 0

@@ -1,0 +1,323 @@
+"""The daemon's lifecycle: start, watch, reload, stop.
+
+Start: load and validate everything first (a ConfigError exits 2 before any
+socket is opened), bind the tripwires, start raw capture if the plan needs it,
+then tell systemd READY=1 with a STATUS line.  While running: summaries are
+flushed every second, the advanced plan is re-read every PLAN_REFRESH seconds,
+the ignore file is watched (python3-watchdog) and WATCHDOG=1 is sent when
+systemd asks for it.  SIGHUP reloads everything; a broken config or ignore
+file is reported and the previous one stays in force.  SIGTERM exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sensor import sdnotify
+from sensor.alert import Alert, format_admin, format_alert
+from sensor.config import Config, ConfigError, load_config
+from sensor.detector import Detector, DetectorSettings, Probe
+from sensor.ignore import IgnoreFileError, IgnoreList, local_addresses, local_networks, read_ignore_file
+from sensor.listeners import BoundListeners
+from sensor.portplan import PortPlan, build_plan, read_listening
+from sensor.sinks import Emitter, sinks_for
+
+EXIT_CONFIG = 2
+EXIT_NOTHING_WATCHED = 1
+
+
+class StartupError(Exception):
+    """The sensor cannot start (nothing to watch); exit 1."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A configuration together with its ignore list: both valid, or neither."""
+
+    config: Config
+    ignore: IgnoreList
+
+
+def load_all(path: str, defaults: Iterable[str] | None, proc: str = "/proc") -> Loaded:
+    """Load config and ignore file; raises ConfigError or IgnoreFileError."""
+    config = load_config(path, defaults)
+    configured = read_ignore_file(config.ignore_file) if config.ignore_file else ()
+    return Loaded(config, IgnoreList.build(configured, local_networks(proc)))
+
+
+def detector_settings(config: Config) -> DetectorSettings:
+    """The detector's knobs from a config."""
+    return DetectorSettings(scan_trigger=config.scan_trigger, scan_window=float(config.scan_window),
+                            summary_interval=float(config.summary_interval),
+                            summary_max_lines=config.summary_max_lines,
+                            max_sources=config.state_max_sources)
+
+
+def describe(plan: PortPlan, bound_tcp: list[int], bound_udp: list[int]) -> str:
+    """One STATUS line: what is watched."""
+    parts = []
+    for proto, bound in (("tcp", bound_tcp), ("udp", bound_udp)):
+        if bound:
+            parts.append(f"{proto} {len(bound)} ports bound")
+        raw = plan.raw_ports(proto)
+        if raw:
+            parts.append(f"{plan.raw_mode(proto)} {len(raw)} ports")
+    return "watching " + (", ".join(parts) if parts else "nothing")
+
+
+class Sensor:
+    """One running sensor."""
+
+    def __init__(self, path: str, defaults: Iterable[str] | None = None,
+                 stderr: bool = False, proc: str = "/proc") -> None:
+        self.path, self.defaults, self.proc = path, defaults, proc
+        self.loaded = load_all(path, defaults, proc)
+        chain = sinks_for("stderr" if stderr else self.loaded.config.log_target)
+        self.emitter = Emitter(chain)
+        self.detector = Detector(detector_settings(self.loaded.config))
+        self.listeners = BoundListeners(self.on_probe, self.loaded.config.port_banner)
+        self.capture: Any = None
+        self.plan = PortPlan()
+        self.stop_event: asyncio.Event | None = None
+        self.observer: Any = None
+        self.reloads = 0
+
+    # --- events ------------------------------------------------------------
+    def admin(self, text: str, priority: int = 5) -> None:
+        """A status line (never matches the fail2ban filter)."""
+        self.emitter.emit(format_admin(text), {"PRIORITY": str(priority),
+                                               "SYSLOG_IDENTIFIER": "portsentry-sensor"})
+
+    def on_probe(self, probe: Probe) -> None:
+        """Entry point of every listener: ignore list first, then the detector."""
+        if probe.src in self.loaded.ignore:
+            return
+        for alert in self.detector.observe(probe, time.monotonic()):
+            self.emit_alert(alert)
+
+    def emit_alert(self, alert: Alert) -> None:
+        """Write one alert (resolving the source's name first if configured)."""
+        if self.loaded.config.resolve_host and not alert.hostname:
+            asyncio.get_running_loop().create_task(self._resolve_and_emit(alert))
+            return
+        message, fields = format_alert(alert)
+        self.emitter.emit(message, fields)
+
+    async def _resolve_and_emit(self, alert: Alert) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            name = (await asyncio.wait_for(loop.run_in_executor(None, socket.gethostbyaddr, alert.src),
+                                           timeout=2.0))[0]
+        except (TimeoutError, OSError):
+            name = ""
+        message, fields = format_alert(Alert(**{**alert.__dict__, "hostname": name or ""}))
+        self.emitter.emit(message, fields)
+
+    # --- plan ----------------------------------------------------------------
+    def compute_plan(self) -> PortPlan:
+        """The plan for the current config and the ports real services use now."""
+        own_tcp = frozenset(self.listeners.watched("tcp"))
+        own_udp = frozenset(self.listeners.watched("udp"))
+        return build_plan(self.loaded.config, read_listening("tcp", self.proc),
+                          read_listening("udp", self.proc), own_tcp, own_udp)
+
+    async def apply_plan(self) -> None:
+        """Bind/unbind tripwires and hand the raw plan to the capture."""
+        plan = self.compute_plan()
+        failures = await self.listeners.apply(plan.tcp_bound, plan.udp_bound,
+                                              self.loaded.config.port_banner)
+        for failure in failures:
+            self.admin(f"warning: {failure}", 4)
+        self.plan = self.compute_plan()
+        self._apply_capture()
+
+    def _apply_capture(self) -> None:
+        wants_raw = bool(self.plan.tcp_raw or self.plan.udp_raw)
+        if not wants_raw:
+            if self.capture is not None:
+                self.capture.stop()
+                self.capture = None
+            return
+        if self.capture is None:
+            self.capture = self._start_capture()
+            if self.capture is None:
+                return
+        self.capture.set_local(str(a) for a in local_addresses(self.proc))
+        self.capture.set_plan(self.plan)
+
+    def _start_capture(self) -> Any:
+        try:
+            from sensor.capture import RawCapture
+        except ImportError:
+            self.admin("warning: raw-socket capture is not available in this build", 4)
+            return None
+        if not RawCapture.is_supported():
+            self.admin("warning: no CAP_NET_RAW: stealth/advanced modes are off; "
+                       "only bound modes (tcp/udp) work", 4)
+            return None
+        capture = RawCapture(self.on_probe)
+        capture.start(asyncio.get_running_loop())
+        return capture
+
+    def watching(self) -> int:
+        """How many ports are watched by any means."""
+        count = len(self.listeners.watched("tcp")) + len(self.listeners.watched("udp"))
+        if self.capture is not None:
+            count += len(self.plan.tcp_raw) + len(self.plan.udp_raw)
+        return count
+
+    def status(self) -> str:
+        """The STATUS= text."""
+        plan = self.plan if self.capture is not None else PortPlan()
+        return describe(plan, self.listeners.watched("tcp"), self.listeners.watched("udp"))
+
+    # --- reload ----------------------------------------------------------------
+    async def reload(self) -> None:
+        """SIGHUP: load everything again; on error keep the previous state."""
+        self.reloads += 1
+        sdnotify.send(sdnotify.reloading())
+        try:
+            loaded = load_all(self.path, self.defaults, self.proc)
+        except (ConfigError, IgnoreFileError) as exc:
+            self.admin(f"reload failed, keeping the previous configuration: {exc}", 3)
+            sdnotify.send(sdnotify.ready(self.status()))
+            return
+        self.loaded = loaded
+        self.detector.settings = detector_settings(loaded.config)
+        for warning in loaded.config.warnings:
+            self.admin(f"warning: {warning}", 4)
+        await self.apply_plan()
+        self._watch_ignore_file()
+        self.admin(f"configuration reloaded from {self.path}; {self.status()}")
+        sdnotify.send(sdnotify.ready(self.status()))
+
+    def reload_ignore(self) -> None:
+        """The ignore file changed: re-read it alone; keep the old list if broken."""
+        config = self.loaded.config
+        try:
+            configured = read_ignore_file(config.ignore_file)
+        except IgnoreFileError as exc:
+            self.admin(f"ignore file not reloaded, keeping the previous list: {exc}", 3)
+            return
+        ignore = IgnoreList.build(configured, local_networks(self.proc))
+        if ignore != self.loaded.ignore:
+            self.loaded = Loaded(config, ignore)
+            self.admin(f"ignore list reloaded from {config.ignore_file}: {len(configured)} entries")
+
+    def _watch_ignore_file(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer = None
+        path = self.loaded.config.ignore_file
+        if not path or not os.path.isdir(os.path.dirname(path)):
+            return
+        self.observer = start_file_watch(path, asyncio.get_running_loop(), self.reload_ignore)
+
+    # --- main loop ---------------------------------------------------------------
+    async def tick(self) -> None:
+        """Once a second: summaries, log retries, plan refresh, watchdog."""
+        interval = sdnotify.watchdog_interval()
+        last_refresh = last_ping = time.monotonic()
+        assert self.stop_event is not None
+        while not self.stop_event.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), timeout=1.0)
+            now = time.monotonic()
+            for alert in self.detector.flush(now):
+                self.emit_alert(alert)
+            self.emitter.retry()
+            if now - last_refresh >= self.loaded.config.plan_refresh:
+                last_refresh = now
+                await self.refresh_plan()
+            if interval is not None and now - last_ping >= interval:
+                last_ping = now
+                sdnotify.send(sdnotify.watchdog())
+
+    async def refresh_plan(self) -> None:
+        """Follow real services starting and stopping (advanced/stealth modes)."""
+        if not (self.plan.tcp_raw_mode or self.plan.udp_raw_mode):
+            return
+        plan = self.compute_plan()
+        if plan != self.plan:
+            self.plan = plan
+            self._apply_capture()
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; return the exit code."""
+        loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        for warning in self.loaded.config.warnings:
+            self.admin(f"warning: {warning}", 4)
+        await self.apply_plan()
+        if self.watching() == 0:
+            self.listeners.close()
+            raise StartupError("no port could be watched (see the warnings above)")
+        loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        self._watch_ignore_file()
+        self.admin(f"started, {self.status()}")
+        sdnotify.send(sdnotify.ready(self.status()))
+        await self.tick()
+        sdnotify.send(sdnotify.stopping())
+        self.shutdown()
+        self.admin("stopped")
+        return 0
+
+    def shutdown(self) -> None:
+        """Close sockets, stop threads, write what is still queued."""
+        if self.observer is not None:
+            self.observer.stop()
+        if self.capture is not None:
+            self.capture.stop()
+        self.listeners.close()
+        for alert in self.detector.flush(float("inf")):
+            self.emit_alert(alert)
+        self.emitter.retry()
+
+
+def start_file_watch(path: str, loop: asyncio.AbstractEventLoop, callback: Any) -> Any:
+    """Call ``callback`` in the loop when ``path`` is written, replaced or removed."""
+    try:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+    except ImportError:
+        return None
+    target = os.path.realpath(path)
+
+    class Handler(FileSystemEventHandler):  # type: ignore[misc,unused-ignore]
+        def on_any_event(self, event: Any) -> None:
+            paths = {os.path.realpath(str(getattr(event, a, "") or "")) for a in ("src_path", "dest_path")}
+            if target in paths:
+                loop.call_soon_threadsafe(callback)
+
+    observer: Any = Observer()  # type: ignore[no-untyped-call,unused-ignore]
+    observer.schedule(Handler(), os.path.dirname(target) or ".", recursive=False)
+    observer.daemon = True
+    observer.start()
+    return observer
+
+
+def run(path: str, defaults: Iterable[str] | None = None, stderr: bool = False) -> int:
+    """``portsentry-sensor run``: exit 0 on SIGTERM, 2 on bad config, 1 if nothing watched."""
+    try:
+        sensor = Sensor(path, defaults, stderr)
+    except (ConfigError, IgnoreFileError) as exc:
+        print(f"portsentry-sensor: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(sensor.run())
+    except StartupError as exc:
+        print(f"portsentry-sensor: {exc}", file=sys.stderr)
+        return EXIT_NOTHING_WATCHED
+    finally:
+        del sensor

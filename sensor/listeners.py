@@ -1,0 +1,186 @@
+"""Bound-socket tripwires: the ``tcp`` and ``udp`` modes.
+
+Each watched port is bound on IPv4 and IPv6 (separate sockets, IPV6_V6ONLY).
+A completed TCP handshake is a ``connect`` probe whose source is proven
+(``verified=yes``); a UDP datagram is a ``udp`` probe (spoofable).  The UDP
+destination address comes from IP_PKTINFO / IPV6_PKTINFO (ip(7), ipv6(7)).
+A port that cannot be bound is skipped and reported; the caller decides
+whether what is left is enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sensor.detector import Probe
+
+IP_PKTINFO = 8  # linux/in.h; not exported by Python's socket module
+FAMILIES = ((socket.AF_INET, "0.0.0.0", "IPv4"), (socket.AF_INET6, "::", "IPv6"))
+
+OnProbe = Callable[[Probe], None]
+
+
+@dataclass(frozen=True)
+class BindFailure:
+    """A port the sensor could not bind, and why."""
+
+    proto: str
+    port: int
+    family: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.proto.upper()} port {self.port} ({self.family}) not watched: {self.reason}"
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "already in use by another program"
+    if exc.errno == errno.EACCES:
+        return "permission denied (needs CAP_NET_BIND_SERVICE below 1024)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address family not available"
+    return exc.strerror or str(exc)
+
+
+def _plain(address: str) -> str:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _bind(family: int, kind: int, host: str, port: int) -> socket.socket:
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_DGRAM:
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        sock.bind((host, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(64)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _TcpTripwire(asyncio.Protocol):
+    """Reports a completed connection, optionally sends the banner, hangs up."""
+
+    def __init__(self, port: int, banner: bytes, on_probe: OnProbe) -> None:
+        self.port, self.banner, self.on_probe = port, banner, on_probe
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        try:
+            src = _plain(transport.get_extra_info("peername")[0])
+            dst = _plain(transport.get_extra_info("sockname")[0])
+        except (TypeError, ValueError, IndexError):
+            transport.abort()
+            return
+        if self.banner:
+            transport.write(self.banner)
+        transport.close()
+        self.on_probe(Probe(src, dst, "tcp", self.port, "connect", "tcp", True))
+
+
+def udp_destination(ancillary: list[tuple[int, int, bytes]]) -> str | None:
+    """The datagram's destination address from IP_PKTINFO / IPV6_PKTINFO data."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            return socket.inet_ntop(socket.AF_INET, data[8:12])
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
+            return _plain(socket.inet_ntop(socket.AF_INET6, data[:16]))
+    return None
+
+
+class BoundListeners:
+    """The set of bound tripwire sockets; :meth:`apply` moves it to a new plan."""
+
+    def __init__(self, on_probe: OnProbe, banner: str = "") -> None:
+        self.on_probe = on_probe
+        self.banner = banner.encode("utf-8", "replace")
+        self.open: dict[tuple[str, int, int], socket.socket] = {}
+        self.servers: dict[tuple[str, int, int], asyncio.AbstractServer] = {}
+
+    def watched(self, proto: str) -> list[int]:
+        """Ports bound on at least one family."""
+        return sorted({port for (p, _, port) in self.open if p == proto})
+
+    async def apply(self, tcp: tuple[int, ...], udp: tuple[int, ...],
+                    banner: str = "") -> list[BindFailure]:
+        """Bind what is new, close what is gone; return what could not be bound."""
+        self.banner = banner.encode("utf-8", "replace")
+        wanted: set[tuple[str, int, int]] = {
+            (proto, int(fam), port) for proto, ports in (("tcp", tcp), ("udp", udp))
+            for port in ports for fam, _, _ in FAMILIES}
+        for key in [k for k in self.open if k not in wanted]:
+            self._close(key)
+        failures: list[BindFailure] = []
+        for key in sorted(wanted - set(self.open)):
+            failure = await self._open(*key)
+            if failure:
+                failures.append(failure)
+        return failures
+
+    async def _open(self, proto: str, family: int, port: int) -> BindFailure | None:
+        host, name = next((h, n) for f, h, n in FAMILIES if f == family)
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        try:
+            sock = _bind(family, kind, host, port)
+        except OSError as exc:
+            return BindFailure(proto, port, name, _reason(exc))
+        loop = asyncio.get_running_loop()
+        if proto == "tcp":
+            server = await loop.create_server(
+                lambda: _TcpTripwire(port, self.banner, self.on_probe), sock=sock)
+            self.servers[(proto, family, port)] = server
+        else:
+            loop.add_reader(sock.fileno(), self._udp_ready, sock, port)
+        self.open[(proto, family, port)] = sock
+        return None
+
+    def _udp_ready(self, sock: socket.socket, port: int) -> None:
+        for _ in range(64):  # bounded batch per wake-up
+            try:
+                data, ancillary, _flags, peer = sock.recvmsg(0, 256)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            dst = udp_destination(ancillary)
+            try:
+                src = _plain(peer[0])
+            except (ValueError, IndexError, TypeError):
+                continue
+            if dst is not None:
+                self.on_probe(Probe(src, dst, "udp", port, "udp", "udp", False))
+            del data
+
+    def _close(self, key: tuple[str, int, int]) -> None:
+        sock = self.open.pop(key)
+        server = self.servers.pop(key, None)
+        if server is not None:
+            server.close()
+        else:
+            with contextlib.suppress(RuntimeError, ValueError):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+        sock.close()
+
+    def close(self) -> None:
+        """Close every socket."""
+        for key in list(self.open):
+            self._close(key)
