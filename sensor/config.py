@@ -141,7 +141,7 @@ def _modes(value: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
 def _int_in(low: int, high: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         text = value.strip()
-        if not re.fullmatch(r"-?\d+", text) or not low <= int(text) <= high:
+        if not re.fullmatch(r"-?[0-9]{1,9}", text) or not low <= int(text) <= high:
             raise ValueError(f"'{text}' is not a whole number from {low} to {high}")
         return int(text)
     return parse

@@ -123,10 +123,12 @@ class Detector:
                      scan=probe.scan, mode=probe.mode, verified=probe.verified,
                      count=count, summary=summary, window=window, flags=probe.flags)
 
-    def _summary(self, window: ScanWindow, now: float) -> list[Alert]:
+    def _summary(self, window: ScanWindow, now: float, closing: bool = False) -> list[Alert]:
         if not window.alerted or window.count <= window.reported or window.last is None:
             return []
-        if window.summaries >= self.settings.summary_max_lines:
+        # The last allowed line is kept for the window's end, so it carries the final count.
+        allowed = self.settings.summary_max_lines - (0 if closing else 1)
+        if window.summaries >= allowed:
             return []
         window.summaries += 1
         window.reported = window.count
@@ -136,7 +138,7 @@ class Detector:
 
     def _close(self, key: tuple[str, str], window: ScanWindow, now: float) -> list[Alert]:
         del self.windows[key]
-        return self._summary(window, min(now, window.started + self.settings.scan_window))
+        return self._summary(window, min(now, window.started + self.settings.scan_window), closing=True)
 
     def flush(self, now: float) -> list[Alert]:
         """Emit due summaries and close expired windows."""

@@ -36,7 +36,7 @@ def parse_ignore(text: str, path: str) -> tuple[Network, ...]:
         except ValueError:
             raise IgnoreFileError(
                 f"{path}:{number}: IGNORE_FILE: '{item[:60]}' is not an address or CIDR") from None
-        if network.prefixlen == 0 and network.network_address.is_unspecified and "/" not in item:
+        if network.network_address.is_unspecified and "/" not in item:
             continue  # PortSentry's "0.0.0.0": its own placeholder for local addresses
         networks.append(network)
     return tuple(networks)

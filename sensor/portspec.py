@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class PortSpecError(ValueError):
     """A port list that does not parse; the message names the bad item."""
@@ -10,7 +12,7 @@ class PortSpecError(ValueError):
 def parse_port(text: str) -> int:
     """One port number, 1-65535."""
     item = text.strip()
-    if not item.isdigit() or not 1 <= int(item) <= 65535:
+    if not re.fullmatch(r"[0-9]{1,5}", item) or not 1 <= int(item) <= 65535:
         raise PortSpecError(f"'{item}' is not a port (1-65535)")
     return int(item)
 

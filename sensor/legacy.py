@@ -1,0 +1,311 @@
+"""What PortSentry 1.2 (Debian's ``portsentry``) leaves on a host, read as data.
+
+PortSentry's bans never expire: KILL_ROUTE adds a reject route, KILL_HOSTS_DENY
+appends to /etc/hosts.deny, KILL_RUN_CMD (in the how-tos) inserts iptables DROP
+rules, and every block is recorded in ``HISTORY_FILE`` and
+``BLOCKED_FILE.<mode>`` as written by ``WriteBlocked()`` in portsentry_io.c::
+
+    1063040458 - 09/08/2003 10:00:58 Host: 1.2.3.4/1.2.3.4 Port: 80 TCP Blocked
+
+This module only parses: the record files, hosts.deny, ``ip -j route``,
+``iptables-save`` and ``nft -j list ruleset`` output.  A leftover is only
+recognised when it names an address PortSentry recorded and has the exact
+shape PortSentry's templates produce; anything else is not ours to touch.
+:mod:`sensor.migrate` does the I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+RECORD_MODES = ("tcp", "udp", "stcp", "sudp", "atcp", "audp")
+REJECT_ROUTE_TYPES = ("unreachable", "prohibit", "blackhole")
+DEFAULT_HOSTS_DENY = ("ALL: $TARGET$ : DENY", "ALL: $TARGET$")
+
+_RECORD = re.compile(
+    r"^(?P<when>\d+) - \d\d/\d\d/\d{4} \d\d:\d\d:\d\d "
+    r"Host: (?P<name>\S*)/(?P<addr>[0-9A-Fa-f.:]+) Port: (?P<port>\d+) (?P<proto>TCP|UDP) Blocked\s*$")
+
+
+def canonical(text: str) -> str | None:
+    """An address in canonical form (``/32``/``/128`` allowed), or None."""
+    item = text.strip()
+    for suffix in ("/32", "/128"):
+        if item.endswith(suffix):
+            item = item[: -len(suffix)]
+    try:
+        return str(ipaddress.ip_address(item))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    """One ``... Host: name/addr Port: N TCP Blocked`` line."""
+
+    address: str
+    when: int
+    port: int
+    proto: str
+    where: str
+
+
+def parse_records(text: str, path: str) -> tuple[list[BlockRecord], list[str]]:
+    """Parse a history or blocked file; unreadable lines come back as warnings."""
+    records: list[BlockRecord] = []
+    warnings: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = _RECORD.match(line)
+        address = canonical(match.group("addr")) if match else None
+        if match is None or address is None:
+            warnings.append(f"{path}:{number}: not a PortSentry block record: {line.strip()[:60]!r}")
+            continue
+        records.append(BlockRecord(address, int(match.group("when")), int(match.group("port")),
+                                   match.group("proto"), f"{path}:{number}"))
+    return records, warnings
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    """A KILL_HOSTS_DENY template as a regex capturing the address."""
+    parts = re.split(r"(\$TARGET\$|\$PORT\$|\$MODE\$|\s+)", template.strip())
+    pattern = []
+    for part in parts:
+        if part == "$TARGET$":
+            pattern.append(r"(?P<addr>[0-9A-Fa-f.:\[\]]+)")
+        elif part == "$PORT$":
+            pattern.append(r"\d+")
+        elif part == "$MODE$":
+            pattern.append(r"[a-z]+")
+        elif part and part.isspace():
+            pattern.append(r"\s*")
+        elif part:
+            pattern.append(re.escape(part).replace(":", r"\s*:\s*"))
+    return re.compile(r"^\s*" + "".join(pattern) + r"\s*$")
+
+
+@dataclass(frozen=True)
+class DenyLine:
+    """A hosts.deny line that PortSentry wrote for a recorded address."""
+
+    number: int
+    text: str
+    address: str
+
+
+def parse_hosts_deny(text: str, recorded: Iterable[str],
+                     templates: Iterable[str] = DEFAULT_HOSTS_DENY) -> list[DenyLine]:
+    """hosts.deny lines matching a KILL_HOSTS_DENY template for a recorded address."""
+    known = set(recorded)
+    patterns = [_template_regex(t) for t in dict.fromkeys(templates) if "$TARGET$" in t]
+    found: list[DenyLine] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        for pattern in patterns:
+            match = pattern.match(line)
+            address = canonical(match.group("addr").strip("[]")) if match else None
+            if address is not None and address in known:
+                found.append(DenyLine(number, line, address))
+                break
+    return found
+
+
+def without_lines(text: str, numbers: Iterable[int]) -> str:
+    """``text`` minus the given (1-based) line numbers, line endings kept."""
+    drop = set(numbers)
+    lines = text.splitlines(keepends=True)
+    return "".join(line for number, line in enumerate(lines, start=1) if number not in drop)
+
+
+@dataclass(frozen=True)
+class RejectRoute:
+    """A reject/blackhole host route to a recorded address."""
+
+    family: int
+    kind: str
+    address: str
+    table: str
+    metric: int | None
+
+    def delete_argv(self) -> list[str]:
+        """The ``ip route del`` command that removes exactly this route."""
+        argv = ["ip", f"-{self.family}", "route", "del", self.kind, self.address, "table", self.table]
+        if self.metric is not None:
+            argv += ["metric", str(self.metric)]
+        return argv
+
+    def describe(self) -> str:
+        """Human-readable form, as ``ip route`` prints it."""
+        return f"route {self.kind} {self.address} table {self.table}"
+
+
+def parse_routes(json_text: str, family: int, recorded: Iterable[str]) -> list[RejectRoute]:
+    """Reject-type host routes (``ip -j route show table all``) to recorded addresses."""
+    known = set(recorded)
+    entries: Any = json.loads(json_text) if json_text.strip() else []
+    found: list[RejectRoute] = []
+    for entry in entries:
+        kind, dst = entry.get("type", "unicast"), str(entry.get("dst", ""))
+        address = canonical(dst)
+        if kind not in REJECT_ROUTE_TYPES or address is None or address not in known:
+            continue
+        metric = entry.get("metric")
+        found.append(RejectRoute(family, kind, address, str(entry.get("table", "main")),
+                                 int(metric) if metric is not None else None))
+    return found
+
+
+@dataclass(frozen=True)
+class IptablesRule:
+    """An iptables rule of the shape PortSentry's KILL_* templates insert."""
+
+    family: int
+    table: str
+    chain: str
+    spec: tuple[str, ...]
+    address: str
+
+    def delete_argv(self) -> list[str]:
+        """The ``iptables -D`` command that removes exactly this rule."""
+        tool = "iptables" if self.family == 4 else "ip6tables"
+        return [tool, "-t", self.table, "-D", self.chain, *self.spec]
+
+    def describe(self) -> str:
+        """Human-readable form, as ``iptables-save`` prints it."""
+        tool = "iptables" if self.family == 4 else "ip6tables"
+        return f"{tool} -t {self.table} -A {self.chain} {shlex.join(self.spec)}"
+
+
+@dataclass(frozen=True)
+class IptablesDump:
+    """Parsed ``iptables-save``: candidate rules, tables seen, nf_tables backend."""
+
+    rules: tuple[IptablesRule, ...]
+    tables: tuple[str, ...]
+    nft_backend: bool
+
+
+# Options PortSentry's templates produce (long forms folded onto short ones).
+_IPT_OPTIONS = {"-s": "-s", "--source": "-s", "-i": "-i", "--in-interface": "-i", "-j": "-j",
+                "--jump": "-j", "-m": "-m", "--match": "-m", "--reject-with": "--reject-with",
+                "--comment": "--comment", "--limit": "--limit", "--limit-burst": "--limit-burst",
+                "--log-prefix": "--log-prefix", "--log-level": "--log-level"}
+_IPT_MATCHES = {"limit", "comment"}
+
+
+def _ipt_options(tokens: list[str]) -> dict[str, list[str]] | None:
+    """Option -> values for a rule, or None if it has anything PortSentry never wrote."""
+    options: dict[str, list[str]] = {}
+    index = 0
+    while index < len(tokens):
+        option = tokens[index]
+        if option not in _IPT_OPTIONS or index + 1 >= len(tokens):
+            return None
+        options.setdefault(_IPT_OPTIONS[option], []).append(tokens[index + 1])
+        index += 2
+    return options
+
+
+def _ours(options: dict[str, list[str]]) -> bool:
+    """True for ``-s X -j DROP|REJECT`` and the how-tos' ``-s X -m limit -j LOG 'Portsentry...'``."""
+    target = options.get("-j", [""])[-1]
+    if any(m not in _IPT_MATCHES for m in options.get("-m", [])) or len(options.get("-s", [])) != 1:
+        return False
+    if target in ("DROP", "REJECT"):
+        return "--log-prefix" not in options and "--limit" not in options
+    prefix = " ".join(options.get("--log-prefix", []))
+    return target == "LOG" and "portsentry" in prefix.lower()
+
+
+def parse_iptables_save(text: str, family: int, recorded: Iterable[str]) -> IptablesDump:
+    """Rules in ``iptables-save`` output that PortSentry inserted for recorded addresses."""
+    known = set(recorded)
+    rules: list[IptablesRule] = []
+    tables: list[str] = []
+    table = "filter"
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+            tables.append(table)
+            continue
+        if not line.startswith("-A "):
+            continue
+        tokens = shlex.split(line)
+        options = _ipt_options(tokens[2:])
+        if options is None or not _ours(options):
+            continue
+        address = canonical(options["-s"][0])
+        if address is not None and address in known:
+            rules.append(IptablesRule(family, table, tokens[1], tuple(tokens[2:]), address))
+    return IptablesDump(tuple(rules), tuple(tables), "(nf_tables)" in text[:300])
+
+
+@dataclass(frozen=True)
+class NftRule:
+    """A native nftables rule ``ip[6] saddr X [counter] drop|reject``."""
+
+    family: str
+    table: str
+    chain: str
+    handle: int
+    address: str
+    verdict: str
+
+    def delete_argv(self) -> list[str]:
+        """The ``nft delete rule`` command that removes exactly this rule."""
+        return ["nft", "delete", "rule", self.family, self.table, self.chain, "handle", str(self.handle)]
+
+    def describe(self) -> str:
+        """Human-readable form, close to ``nft list ruleset``."""
+        field = "ip6" if ":" in self.address else "ip"
+        return (f"nft {self.family} {self.table} {self.chain}: {field} saddr {self.address} "
+                f"{self.verdict} (handle {self.handle})")
+
+
+def _nft_saddr(expr: dict[str, Any]) -> str | None:
+    """The address of a ``ip/ip6 saddr == ADDR`` match, else None."""
+    match = expr.get("match")
+    if not isinstance(match, dict) or match.get("op") != "==":
+        return None
+    payload = match.get("left", {}).get("payload", {}) if isinstance(match.get("left"), dict) else {}
+    if payload.get("field") != "saddr" or payload.get("protocol") not in ("ip", "ip6"):
+        return None
+    right = match.get("right")
+    return canonical(right) if isinstance(right, str) else None
+
+
+def _nft_shape(exprs: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """(address, verdict) when a rule is exactly saddr match, optional counter, drop/reject."""
+    body = [e for e in exprs if "counter" not in e]
+    if len(body) != 2:
+        return None
+    address = _nft_saddr(body[0])
+    verdict = next(iter(body[1]), "")
+    if address is None or verdict not in ("drop", "reject"):
+        return None
+    return address, verdict
+
+
+def parse_nft_ruleset(json_text: str, recorded: Iterable[str],
+                      skip_tables: Iterable[tuple[str, str]] = ()) -> list[NftRule]:
+    """Native nft rules blocking recorded addresses; ``skip_tables`` are iptables-nft's own."""
+    known = set(recorded)
+    skip = set(skip_tables)
+    data: Any = json.loads(json_text) if json_text.strip() else {"nftables": []}
+    found: list[NftRule] = []
+    for item in data.get("nftables", []):
+        rule = item.get("rule") if isinstance(item, dict) else None
+        if not isinstance(rule, dict) or (rule.get("family"), rule.get("table")) in skip:
+            continue
+        shape = _nft_shape(rule.get("expr", []))
+        if shape is None or shape[0] not in known:
+            continue
+        found.append(NftRule(str(rule["family"]), str(rule["table"]), str(rule["chain"]),
+                             int(rule["handle"]), shape[0], shape[1]))
+    return found

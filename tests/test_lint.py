@@ -1,0 +1,34 @@
+"""Lint and types are tests: ruff over everything, mypy --strict over sensor/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not installed in {BIN} (tools/setup-env installs it)")
+        pytest.skip(f"{name} not installed in {BIN}")
+    return str(path)
+
+
+def test_ruff() -> None:
+    result = subprocess.run([tool("ruff"), "check", "sensor", "tests", "bench"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict() -> None:
+    result = subprocess.run([tool("mypy"), "--config-file", "setup.cfg"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

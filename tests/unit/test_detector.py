@@ -1,0 +1,94 @@
+"""sensor/detector.py: trigger, window, summaries, bounded state, returning sources."""
+
+from __future__ import annotations
+
+from sensor.detector import Detector, DetectorSettings, Probe
+
+
+def probe(port: int, src: str = "198.51.100.7", proto: str = "tcp") -> Probe:
+    return Probe(src, "192.0.2.1", proto, port, "syn" if proto == "tcp" else "udp", "atcp", False)
+
+
+def make(**kw: float) -> Detector:
+    return Detector(DetectorSettings(**kw))  # type: ignore[arg-type]
+
+
+def test_first_probe_alerts_at_once_with_trigger_zero() -> None:
+    detector = make()
+    alerts = detector.observe(probe(22), 0.0)
+    assert [(a.dport, a.count, a.summary) for a in alerts] == [(22, 1, False)]
+
+
+def test_trigger_counts_distinct_ports_not_packets() -> None:
+    detector = make(scan_trigger=2)
+    assert detector.observe(probe(1), 0) == []
+    assert detector.observe(probe(1), 1) == []
+    assert detector.observe(probe(2), 2) == []
+    alerts = detector.observe(probe(3), 3)
+    assert len(alerts) == 1 and alerts[0].count == 3 and alerts[0].dport == 3
+
+
+def test_trigger_window_forgets_old_ports() -> None:
+    detector = make(scan_trigger=1, scan_window=10)
+    assert detector.observe(probe(1), 0) == []
+    assert detector.observe(probe(2), 11) == []  # port 1 was in an expired window
+
+
+def test_summaries_are_bounded_per_window() -> None:
+    detector = make(summary_interval=5, summary_max_lines=2, scan_window=100)
+    lines = detector.observe(probe(1), 0)
+    for t, port in enumerate(range(2, 1000)):
+        lines += detector.observe(probe(port), t * 0.1)
+        lines += detector.flush(t * 0.1)
+    lines += detector.flush(50)
+    lines += detector.flush(200)
+    assert len(lines) == 3
+    assert lines[0].summary is False
+    assert all(a.summary for a in lines[1:])
+    assert lines[-1].count == 999
+
+
+def test_summary_only_when_new_ports() -> None:
+    detector = make(summary_interval=1, summary_max_lines=3)
+    detector.observe(probe(1), 0)
+    assert detector.flush(5) == []
+    detector.observe(probe(2), 6)
+    summary = detector.flush(8)
+    assert len(summary) == 1 and summary[0].count == 2 and summary[0].window == 8
+
+
+def test_returning_source_is_reported_again() -> None:
+    detector = make(scan_window=60)
+    assert len(detector.observe(probe(1), 0)) == 1
+    assert detector.observe(probe(2), 30) == []
+    again = detector.observe(probe(3), 61)
+    assert [(a.summary, a.count) for a in again] == [(True, 2), (False, 1)]  # closing summary of the old window, new alert
+
+
+def test_no_summaries_when_max_lines_is_zero() -> None:
+    detector = make(summary_max_lines=0, summary_interval=1, scan_window=10)
+    lines = detector.observe(probe(1), 0) + detector.observe(probe(2), 1)
+    lines += detector.flush(5) + detector.flush(20)
+    assert len(lines) == 1
+
+
+def test_protocols_are_counted_separately() -> None:
+    detector = make()
+    assert len(detector.observe(probe(1), 0)) == 1
+    assert len(detector.observe(probe(1, proto="udp"), 0)) == 1
+
+
+def test_state_is_bounded_lru() -> None:
+    detector = make(max_sources=100)
+    for i in range(10_000):
+        detector.observe(probe(80, src=f"198.18.{i // 256}.{i % 256}"), i * 0.001)
+    assert len(detector) == 100 and detector.evicted == 9_900
+    assert ("198.18.39.15", "tcp") in detector.windows  # the newest survive
+
+
+def test_big_scan_uses_a_bitmap_and_counts_exactly() -> None:
+    detector = make()
+    for port in list(range(1, 65536)) + list(range(1, 100)):
+        detector.observe(probe(port), 1)
+    window = detector.windows[("198.51.100.7", "tcp")]
+    assert window.count == 65535 and window.bitmap is not None and not window.small

@@ -1,0 +1,95 @@
+"""sensor/ignore.py: ignore files, local addresses, membership."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sensor.ignore import (
+    IgnoreFileError,
+    IgnoreList,
+    parse_fib_trie,
+    parse_if_inet6,
+    parse_ignore,
+    read_ignore_file,
+)
+
+ROOTS = Path(__file__).resolve().parent.parent / "roots"
+
+FIB_TRIE = """Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 127.0.0.0/8 2 0 2
+        +-- 127.0.0.0/31 1 0 0
+           |-- 127.0.0.0
+              /8 host LOCAL
+           |-- 127.0.0.1
+              /32 host LOCAL
+        |-- 127.255.255.255
+           /32 link BROADCAST
+     |-- 192.0.2.1
+        /32 host LOCAL
+Local:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 192.0.2.1
+        /32 host LOCAL
+"""
+IF_INET6 = """00000000000000000000000000000001 01 80 10 80       lo
+20010db8000000000000000000000001 02 40 00 80     eth0
+"""
+
+
+def test_v4_v6_cidr_comments_blank_lines() -> None:
+    text = "# comment\n\n192.0.2.7\n198.51.100.0/24  # trailing\n2001:db8::/32\n::ffff:203.0.113.9\n"
+    networks = parse_ignore(text, "f")
+    ignore = IgnoreList.build(networks, [])
+    assert "192.0.2.7" in ignore and "198.51.100.200" in ignore
+    assert "2001:db8:1::5" in ignore and "2001:db9::1" not in ignore
+    assert "192.0.2.8" not in ignore
+
+
+def test_portsentry_ignore_static_format() -> None:
+    networks = read_ignore_file(str(ROOTS / "debian-stock" / "etc" / "portsentry" / "portsentry.ignore.static"))
+    assert networks == (ipaddress.ip_network("127.0.0.1/32"),)
+
+
+@pytest.mark.parametrize(("line", "shown"), [("192.0.2.300", "192.0.2.300"), ("host.example", "host.example"),
+                                             ("10.0.0.0/33", "10.0.0.0/33"), ("::g", "::g")])
+def test_bad_lines_name_file_and_line(line: str, shown: str) -> None:
+    with pytest.raises(IgnoreFileError) as caught:
+        parse_ignore(f"# ok\n192.0.2.1\n{line}\n", "/etc/x.ignore")
+    assert str(caught.value) == f"/etc/x.ignore:3: IGNORE_FILE: '{shown}' is not an address or CIDR"
+
+
+def test_missing_file_is_empty(tmp_path: Path) -> None:
+    assert read_ignore_file(str(tmp_path / "none")) == ()
+
+
+def test_loopback_and_local_addresses_always_ignored() -> None:
+    local = [ipaddress.ip_network(a) for a in parse_fib_trie(FIB_TRIE) + parse_if_inet6(IF_INET6)]
+    ignore = IgnoreList.build([], local)
+    for address in ("127.0.0.1", "127.3.4.5", "::1", "192.0.2.1", "2001:db8::1", "::ffff:127.0.0.1"):
+        assert address in ignore
+    assert "192.0.2.2" not in ignore and "2001:db8::2" not in ignore
+
+
+def test_proc_parsers() -> None:
+    assert [str(a) for a in parse_fib_trie(FIB_TRIE)] == ["127.0.0.1", "192.0.2.1"]
+    assert [str(a) for a in parse_if_inet6(IF_INET6)] == ["::1", "2001:db8::1"]
+
+
+def test_garbage_address_is_not_contained() -> None:
+    assert "not-an-ip" not in IgnoreList.build([], [])
+
+
+@given(st.text(max_size=200))
+def test_parser_only_raises_its_own_error(text: str) -> None:
+    try:
+        parse_ignore(text, "f")
+    except IgnoreFileError as exc:
+        assert str(exc).startswith("f:")
