@@ -61,8 +61,8 @@ def test_returning_source_is_reported_again() -> None:
     detector = make(scan_window=60)
     assert len(detector.observe(probe(1), 0)) == 1
     assert detector.observe(probe(2), 30) == []
-    again = detector.observe(probe(3), 61)
-    assert [(a.summary, a.count) for a in again] == [(True, 2), (False, 1)]  # closing summary of the old window, new alert
+    again = detector.observe(probe(3), 61)  # closing summary of the old window, then a new alert
+    assert [(a.summary, a.count) for a in again] == [(True, 2), (False, 1)]
 
 
 def test_no_summaries_when_max_lines_is_zero() -> None:
