@@ -121,9 +121,10 @@ class BoundListeners:
         return sorted({port for (p, _, port) in self.open if p == proto})
 
     async def apply(self, tcp: tuple[int, ...], udp: tuple[int, ...],
-                    banner: str = "") -> list[BindFailure]:
+                    banner: str | None = None) -> list[BindFailure]:
         """Bind what is new, close what is gone; return what could not be bound."""
-        self.banner = banner.encode("utf-8", "replace")
+        if banner is not None:
+            self.banner = banner.encode("utf-8", "replace")
         wanted: set[tuple[str, int, int]] = {
             (proto, int(fam), port) for proto, ports in (("tcp", tcp), ("udp", udp))
             for port in ports for fam, _, _ in FAMILIES}
