@@ -62,15 +62,19 @@ def detector_settings(config: Config) -> DetectorSettings:
                             max_sources=config.state_max_sources)
 
 
+def _ports(count: int) -> str:
+    return f"{count} port" if count == 1 else f"{count} ports"
+
+
 def describe(plan: PortPlan, bound_tcp: list[int], bound_udp: list[int]) -> str:
     """One STATUS line: what is watched."""
     parts = []
     for proto, bound in (("tcp", bound_tcp), ("udp", bound_udp)):
         if bound:
-            parts.append(f"{proto} {len(bound)} ports bound")
+            parts.append(f"{proto} {_ports(len(bound))} bound")
         raw = plan.raw_ports(proto)
         if raw:
-            parts.append(f"{plan.raw_mode(proto)} {len(raw)} ports")
+            parts.append(f"{plan.raw_mode(proto)} {_ports(len(raw))}")
     return "watching " + (", ".join(parts) if parts else "nothing")
 
 
@@ -90,6 +94,8 @@ class Sensor:
         self.stop_event: asyncio.Event | None = None
         self.observer: Any = None
         self.reloads = 0
+        self.reload_task: asyncio.Task[None] | None = None
+        self.reload_again = False
 
     # --- events ------------------------------------------------------------
     def admin(self, text: str, priority: int = 5) -> None:
@@ -181,6 +187,20 @@ class Sensor:
         return describe(plan, self.listeners.watched("tcp"), self.listeners.watched("udp"))
 
     # --- reload ----------------------------------------------------------------
+    def request_reload(self) -> None:
+        """SIGHUP handler: one reload at a time; a storm of signals coalesces into one more."""
+        if self.reload_task is not None and not self.reload_task.done():
+            self.reload_again = True
+            return
+        self.reload_task = asyncio.get_running_loop().create_task(self._reload_loop())
+
+    async def _reload_loop(self) -> None:
+        while True:
+            self.reload_again = False
+            await self.reload()
+            if not self.reload_again:
+                return
+
     async def reload(self) -> None:
         """SIGHUP: load everything again; on error keep the previous state."""
         self.reloads += 1
@@ -263,7 +283,7 @@ class Sensor:
             raise StartupError("no port could be watched (see the warnings above)")
         loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
         loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self._watch_ignore_file()
         self.admin(f"started, {self.status()}")
         sdnotify.send(sdnotify.ready(self.status()))

@@ -1,0 +1,76 @@
+"""sensor/daemon.py in-process: reload keeps the last good config, plans follow config."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+from pathlib import Path
+
+from sensor.daemon import Sensor, describe
+from sensor.portplan import PortPlan
+from sensor.sinks import Emitter, StderrSink
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def conf(tmp_path: Path, ports: str) -> Path:
+    path = tmp_path / "portsentry.conf"
+    path.write_text(f'TCP_MODE="tcp"\nUDP_MODE="off"\nTCP_PORTS="{ports}"\nIGNORE_FILE="{tmp_path}/ignore"\n'
+                    'LOG_TARGET="stderr"\n')
+    return path
+
+
+async def _reloads(tmp_path: Path) -> tuple[list[int], list[int], list[int], str]:
+    first, second = free_port(), free_port()
+    path = conf(tmp_path, str(first))
+    stream = io.StringIO()
+    sensor = Sensor(str(path), defaults=[])
+    sensor.emitter = Emitter([StderrSink(stream)])
+    await sensor.apply_plan()
+    before = sensor.listeners.watched("tcp")
+    path.write_text('TCP_MODE="tcp"\nTCP_PORTS="1,99999"\n')
+    await sensor.reload()
+    kept = sensor.listeners.watched("tcp")
+    conf(tmp_path, str(second))
+    for _ in range(100):  # a storm of SIGHUPs coalesces
+        sensor.request_reload()
+    assert sensor.reload_task is not None
+    await sensor.reload_task
+    after = sensor.listeners.watched("tcp")
+    sensor.shutdown()
+    return before, kept, after + [first, second], stream.getvalue()
+
+
+def test_reload_keeps_last_good_config_and_applies_new_one(tmp_path: Path) -> None:
+    before, kept, after, log = asyncio.run(_reloads(tmp_path))
+    first, second = after[-2:]
+    assert before == [first] and kept == [first] and after[:-2] == [second]
+    assert f"reload failed, keeping the previous configuration: {tmp_path}/portsentry.conf:2: TCP_PORTS:" in log
+    assert log.count("configuration reloaded") <= 2
+
+
+def test_broken_ignore_file_keeps_previous_list(tmp_path: Path) -> None:
+    path = conf(tmp_path, str(free_port()))
+    (tmp_path / "ignore").write_text("198.51.100.0/24\n")
+    sensor = Sensor(str(path), defaults=[])
+    stream = io.StringIO()
+    sensor.emitter = Emitter([StderrSink(stream)])
+    assert "198.51.100.9" in sensor.loaded.ignore
+    (tmp_path / "ignore").write_text("198.51.100.0/24\nbad line\n")
+    sensor.reload_ignore()
+    assert "198.51.100.9" in sensor.loaded.ignore
+    assert "ignore file not reloaded, keeping the previous list" in stream.getvalue()
+    (tmp_path / "ignore").write_text("203.0.113.0/24\n")
+    sensor.reload_ignore()
+    assert "198.51.100.9" not in sensor.loaded.ignore and "203.0.113.4" in sensor.loaded.ignore
+
+
+def test_status_line() -> None:
+    plan = PortPlan(tcp_raw=frozenset({1, 2}), tcp_raw_mode="atcp")
+    assert describe(plan, [], [53]) == "watching atcp 2 ports, udp 1 port bound"
