@@ -44,7 +44,7 @@ async def _reloads(tmp_path: Path) -> tuple[list[int], list[int], list[int], str
     await sensor.reload_task
     after = sensor.listeners.watched("tcp")
     sensor.shutdown()
-    return before, kept, after + [first, second], stream.getvalue()
+    return before, kept, [*after, first, second], stream.getvalue()
 
 
 def test_reload_keeps_last_good_config_and_applies_new_one(tmp_path: Path) -> None:
