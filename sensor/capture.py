@@ -1,0 +1,292 @@
+"""The raw-socket backend: stealth (stcp/sudp) and advanced (atcp/audp) modes.
+
+Why AF_INET/AF_INET6 ``SOCK_RAW`` (one socket per family and protocol) and
+not AF_PACKET: the kernel hands a raw IP socket only packets it is about to
+deliver locally, after routing, reassembly of fragments (``nmap -f`` cannot
+split the TCP header past us), IPv6 extension-header processing and the
+INPUT firewall hook, and never our own outbound packets.  So every packet is
+for this host, is not a reply we send, and a source that fail2ban has banned
+stops reaching the sensor at all.  AF_PACKET would see all of that raw and
+need PACKET_HOST tricks, defragmentation and ext-header walking in BPF.  The
+price: an AF_INET6 raw socket returns no IPv6 header (RFC 3542), so the
+destination comes from ``IPV6_RECVPKTINFO`` ancillary data via recvmsg().
+
+A classic BPF program (:mod:`sensor.bpf`) is attached to each socket so that
+established traffic and packets to real services never wake Python up; it is
+rebuilt on every :meth:`RawCapture.set_plan`.  Before a probe is reported the
+port is checked against the live socket tables (:class:`PortsInUse`), which
+closes the gap between a service starting and the next plan refresh.
+Needs CAP_NET_RAW.  Malformed packets are counted and dropped, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ipaddress
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sensor import bpf
+from sensor.detector import Probe
+from sensor.packet import PROTO_TCP, PROTO_UDP, Malformed, Packet, classify, parse_ipv4, parse_transport
+from sensor.portplan import PortPlan
+
+log = logging.getLogger(__name__)
+
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+BATCH = 256                 # packets read per wake-up before yielding to the loop
+RECV_SIZE = bpf.SNAPLEN
+_PKTINFO_SPACE = socket.CMSG_SPACE(20)  # struct in6_pktinfo
+_PROTOS = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
+
+
+def _norm(address: str) -> str:
+    """Canonical text of an address (scope ids and IPv4-mapped forms removed)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def parse_socket_ports(text: str) -> set[int]:
+    """Local ports of every socket in a /proc/net/{tcp,udp}[6] table, any state."""
+    ports: set[int] = set()
+    for line in text.splitlines()[1:]:
+        parts = line.split(None, 2)
+        if len(parts) >= 2 and ":" in parts[1]:
+            try:
+                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+            except ValueError:
+                continue
+    return ports
+
+
+class PortsInUse:
+    """Live view of local ports with a socket; re-read at most every few ms.
+
+    The minimum interval between re-reads is ten times the last read's cost
+    (at least ``min_interval``), so a scan burst costs at most ~10% CPU in
+    table reads even on a host with very many sockets.
+    """
+
+    def __init__(self, proc: str = "/proc", min_interval: float = 0.02) -> None:
+        self.proc = proc
+        self.min_interval = min_interval
+        self._ports: dict[str, set[int]] = {}
+        self._read_at: dict[str, float] = {}
+        self._interval: dict[str, float] = {}
+        self.reads = 0
+
+    def _refresh(self, proto: str, now: float) -> None:
+        ports: set[int] = set()
+        for name in (proto, f"{proto}6"):
+            try:
+                with open(f"{self.proc}/net/{name}", encoding="ascii") as handle:
+                    ports |= parse_socket_ports(handle.read())
+            except OSError:
+                continue
+        cost = time.monotonic() - now
+        self._ports[proto] = ports
+        self._read_at[proto] = now
+        self._interval[proto] = max(self.min_interval, 10 * cost)
+        self.reads += 1
+
+    def __call__(self, proto: str, port: int) -> bool:
+        """True if some local socket of ``proto`` uses ``port`` right now."""
+        now = time.monotonic()
+        if now - self._read_at.get(proto, -1e9) >= self._interval.get(proto, 0.0):
+            self._refresh(proto, now)
+        return port in self._ports.get(proto, set())
+
+
+@dataclass
+class _Endpoint:
+    """One open raw socket: a family and a protocol."""
+
+    sock: socket.socket
+    family: int
+    proto: str
+
+
+def _attach(sock: socket.socket, program: list[bpf.Insn]) -> None:
+    """SO_ATTACH_FILTER: struct sock_fprog {u16 len; struct sock_filter *filter}."""
+    code = bpf.encode(program)
+    buffer = ctypes.create_string_buffer(code, len(code))
+    fprog = struct.pack("HL", len(program), ctypes.addressof(buffer))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def _loopback_ifindex() -> int | None:
+    try:
+        return socket.if_nametoindex("lo")
+    except OSError:
+        return None
+
+
+class RawCapture:
+    """Stealth/advanced detection from raw IPv4 and IPv6 sockets with kernel filters."""
+
+    name = "raw"
+
+    @staticmethod
+    def is_supported() -> bool:
+        """True if this process may open raw sockets (CAP_NET_RAW)."""
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_RAW, PROTO_TCP).close()
+        except OSError:
+            return False
+        return True
+
+    def __init__(self, on_probe: Callable[[Probe], None],
+                 ports_in_use: Callable[[str, int], bool] | None = None) -> None:
+        self.on_probe = on_probe
+        self.ports_in_use = ports_in_use or PortsInUse()
+        self.plan = PortPlan()
+        self.local: frozenset[str] = frozenset()
+        self.loopback = _loopback_ifindex()
+        self.endpoints: list[_Endpoint] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stats: dict[str, int] = {"packets": 0, "probes": 0, "malformed": 0,
+                                      "ignored": 0, "in_use": 0, "errors": 0}
+
+    # -- configuration -------------------------------------------------
+    def set_plan(self, plan: PortPlan) -> None:
+        """Adopt a new plan: open/close sockets and rebuild their filters."""
+        self.plan = plan
+        if self.loop is not None:
+            self._sync_endpoints()
+
+    def set_local(self, addresses: Iterable[str]) -> None:
+        """This host's addresses; only packets to them count."""
+        self.local = frozenset(_norm(a) for a in addresses)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Open the sockets the plan needs, attach filters, start reading."""
+        self.loop = loop
+        self._sync_endpoints()
+
+    def stop(self) -> None:
+        """Stop reading and close every socket."""
+        for endpoint in self.endpoints:
+            self._close(endpoint)
+        self.endpoints = []
+        self.loop = None
+
+    # -- sockets -------------------------------------------------------
+    def _program(self, endpoint: _Endpoint) -> list[bpf.Insn]:
+        return bpf.build_filter(endpoint.proto, self.plan.raw_ports(endpoint.proto),
+                                endpoint.family == socket.AF_INET, self.loopback)
+
+    def _open(self, family: int, proto: str) -> _Endpoint | None:
+        try:
+            sock = socket.socket(family, socket.SOCK_RAW, _PROTOS[proto])
+        except OSError as exc:
+            log.warning("cannot open raw %s socket (%s): %s",
+                        proto + ("6" if family == socket.AF_INET6 else ""), "CAP_NET_RAW?", exc)
+            return None
+        endpoint = _Endpoint(sock, family, proto)
+        try:
+            _attach(sock, self._program(endpoint))  # before any read: nothing unfiltered is parsed
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            sock.setblocking(False)
+            self._drain(sock)
+        except OSError:
+            sock.close()
+            raise
+        assert self.loop is not None
+        self.loop.add_reader(sock.fileno(), self._readable, endpoint)
+        return endpoint
+
+    @staticmethod
+    def _drain(sock: socket.socket) -> None:
+        """Discard what was queued before the filter was attached."""
+        for _ in range(10000):
+            try:
+                sock.recv(1)
+            except (BlockingIOError, InterruptedError):
+                return
+
+    def _close(self, endpoint: _Endpoint) -> None:
+        if self.loop is not None:
+            self.loop.remove_reader(endpoint.sock.fileno())
+        endpoint.sock.close()
+
+    def _sync_endpoints(self) -> None:
+        wanted: set[tuple[int, str]] = {(int(f), p) for p in _PROTOS if self.plan.raw_mode(p)
+                  for f in (socket.AF_INET, socket.AF_INET6)}
+        kept: list[_Endpoint] = []
+        for endpoint in self.endpoints:
+            if (endpoint.family, endpoint.proto) in wanted:
+                _attach(endpoint.sock, self._program(endpoint))
+                kept.append(endpoint)
+                wanted.discard((endpoint.family, endpoint.proto))
+            else:
+                self._close(endpoint)
+        for family, proto in sorted(wanted):
+            opened = self._open(family, proto)
+            if opened is not None:
+                kept.append(opened)
+        self.endpoints = kept
+
+    # -- packets -------------------------------------------------------
+    def _readable(self, endpoint: _Endpoint) -> None:
+        for _ in range(BATCH):
+            try:
+                packet = self._receive(endpoint)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.stats["errors"] += 1
+                return
+            self.stats["packets"] += 1
+            if packet is not None:
+                self.handle(packet)
+
+    def _receive(self, endpoint: _Endpoint) -> Packet | None:
+        """Read one packet; None (counted as malformed) if it does not parse."""
+        try:
+            if endpoint.family == socket.AF_INET:
+                return parse_ipv4(endpoint.sock.recv(RECV_SIZE))
+            data, ancillary, _flags, address = endpoint.sock.recvmsg(RECV_SIZE, _PKTINFO_SPACE)
+            return parse_transport(data, _PROTOS[endpoint.proto], _norm(address[0]),
+                                   _pktinfo_destination(ancillary))
+        except (Malformed, ValueError, IndexError):
+            self.stats["malformed"] += 1
+            return None
+
+    def probe_for(self, packet: Packet) -> Probe | None:
+        """The probe a parsed packet is, or None (not watched, not for us, not a scan)."""
+        kind = classify(packet.proto, packet.flags)
+        if (kind is None or packet.dport not in self.plan.raw_ports(packet.proto)
+                or packet.dst not in self.local or ipaddress.ip_address(packet.src).is_loopback
+                or packet.src in self.local):
+            return None
+        return Probe(src=packet.src, dst=packet.dst, proto=packet.proto, dport=packet.dport,
+                     scan=kind.scan, mode=self.plan.raw_mode(packet.proto), verified=False,
+                     flags=kind.flags)
+
+    def handle(self, packet: Packet) -> None:
+        """Turn one parsed packet into a probe callback, or count it as ignored."""
+        probe = self.probe_for(packet)
+        if probe is None:
+            self.stats["ignored"] += 1
+            return
+        if self.ports_in_use(probe.proto, probe.dport):
+            self.stats["in_use"] += 1
+            return
+        self.stats["probes"] += 1
+        self.on_probe(probe)
+
+
+def _pktinfo_destination(ancillary: list[tuple[int, int, bytes]]) -> str:
+    """The destination address from an IPV6_PKTINFO control message."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
+            return str(ipaddress.IPv6Address(data[:16]))
+    raise Malformed("no IPV6_PKTINFO destination")
