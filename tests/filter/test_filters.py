@@ -1,0 +1,160 @@
+"""Every filter of the jail pack against its annotated sample log, through fail2ban-regex.
+
+Upstream fail2ban's convention: tests/filter/samples/<filter> holds log lines, each
+preceded by ``# failJSON: {"match": ..., "host": ...}``; ``# filterOptions: [...]``
+lists the filter parameter sets to run.  fail2ban-regex exits 0 even when nothing
+matched (DESIGN.md section 5), so we check, line by line, what it matched and
+which address it yielded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sensor.alert import Alert, format_alert
+
+HERE = Path(__file__).resolve().parent
+SAMPLES = HERE / "samples"
+FILTERS = HERE.parents[1] / "fail2ban" / "filter.d"
+FILTER_NAMES = sorted(p.stem for p in FILTERS.glob("*.conf"))
+
+
+@dataclass
+class Sample:
+    """One annotated log line."""
+
+    number: int
+    line: str
+    match: bool
+    host: str | None
+    modes: list[str] | None = None
+
+
+@dataclass
+class SampleLog:
+    """A parsed sample file: its option sets and its annotated lines."""
+
+    options: list[dict[str, str]] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+
+
+def parse_samples(path: Path) -> SampleLog:
+    """Read a sample file; every log line must carry a failJSON annotation."""
+    log = SampleLog()
+    pending: dict[str, object] | None = None
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.rstrip("\n")
+        if line.startswith("# filterOptions:"):
+            log.options = json.loads(line.split(":", 1)[1])
+        elif line.startswith("# failJSON:"):
+            pending = json.loads(line.split(":", 1)[1])
+        elif line.startswith("#") or not line.strip():
+            continue
+        else:
+            assert pending is not None, f"{path.name}:{number}: log line without a failJSON annotation"
+            log.samples.append(Sample(number, line, bool(pending["match"]),
+                                      pending.get("host"), pending.get("modes")))  # type: ignore[arg-type]
+            pending = None
+    return log
+
+
+def run_regex(confdir: Path, logfile: Path, filter_spec: str) -> list[tuple[str, str]]:
+    """fail2ban-regex over a file: the (address, line) of every match."""
+    result = subprocess.run(
+        ["fail2ban-regex", "-c", str(confdir), "-o", "<ip>\t<msg>", str(logfile), filter_spec],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    matches = []
+    for out in result.stdout.splitlines():
+        address, _, line = out.partition("\t")
+        matches.append((address, line))
+    return matches
+
+
+def filter_spec(name: str, options: dict[str, str]) -> str:
+    """``name[key=value, ...]`` as fail2ban-regex takes it."""
+    if not options:
+        return name
+    return f"{name}[{', '.join(f'{k}={v}' for k, v in options.items())}]"
+
+
+def test_every_filter_has_samples() -> None:
+    """A filter without an annotated sample log is untested: fail."""
+    assert FILTER_NAMES, "no filters in fail2ban/filter.d"
+    for name in FILTER_NAMES:
+        path = SAMPLES / name
+        assert path.exists(), f"filter {name} has no sample log {path}"
+        log = parse_samples(path)
+        assert any(s.match for s in log.samples), f"{name}: no sample that must match"
+        assert any(not s.match for s in log.samples), f"{name}: no sample that must not match"
+        lines = [s.line for s in log.samples]
+        assert len(lines) == len(set(lines)), f"{name}: sample lines must be unique"
+
+
+def _cases() -> list[tuple[str, dict[str, str]]]:
+    cases = []
+    for name in FILTER_NAMES:
+        path = SAMPLES / name
+        options = parse_samples(path).options if path.exists() else []
+        cases += [(name, opts) for opts in (options or [{}])]
+    return cases
+
+
+@pytest.mark.parametrize(("name", "options"), _cases(),
+                         ids=lambda v: v if isinstance(v, str) else json.dumps(v))
+def test_filter_matches_exactly_the_annotated_lines(
+        f2b_confdir: Path, name: str, options: dict[str, str]) -> None:
+    """Each must-match line yields its annotated host; every other line yields nothing."""
+    log = parse_samples(SAMPLES / name)
+    mode = options.get("mode")
+    expected = {}
+    for sample in log.samples:
+        wanted = sample.match and (sample.modes is None or mode in sample.modes)
+        if wanted:
+            assert sample.host, f"{name}:{sample.number}: a matching sample must name its host"
+            expected[sample.line] = sample.host
+    found = run_regex(f2b_confdir, SAMPLES / name, filter_spec(name, options))
+    got = {}
+    for address, line in found:
+        assert line not in got, f"matched twice: {line}"
+        got[line] = address
+    numbers = {s.line: s.number for s in log.samples}
+    unexpected = {numbers.get(k, 0): v for k, v in got.items() if k not in expected}
+    missed = {numbers[k]: v for k, v in expected.items() if k not in got}
+    wrong = {numbers[k]: (got[k], v) for k, v in expected.items() if k in got and got[k] != v}
+    assert not unexpected, f"lines that must not match did (line: address): {unexpected}"
+    assert not missed, f"lines that must match did not (line: host): {missed}"
+    assert not wrong, f"wrong address (line: (got, want)): {wrong}"
+
+
+def _sensor_alerts() -> list[Alert]:
+    hostile = "203.0.113.99 src=203.0.113.98 ; rm -rf / (evil)\n"
+    return [
+        Alert("198.51.100.40", "192.0.2.1", "tcp", 135, "syn", "atcp", False, 1),
+        Alert("198.51.100.41", "192.0.2.1", "tcp", 23, "connect", "tcp", True, 1),
+        Alert("2001:db8::41", "2001:db8::1", "udp", 53, "udp", "audp", False, 1),
+        Alert("2001:db8::42", "2001:db8::1", "tcp", 1000, "xmas", "stcp", False, 44,
+              summary=True, window=30),
+        Alert("198.51.100.42", "192.0.2.1", "tcp", 80, "unknown", "atcp", False, 1, flags="FPU"),
+        Alert("198.51.100.43", "192.0.2.1", "tcp", 80, "syn", "atcp", False, 1, hostname=hostile),
+        Alert("198.51.100.44", "192.0.2.1", "tcp", 80, "connect", "tcp", True, 9,
+              summary=True, window=30, hostname="2001:db8::66"),
+    ]
+
+
+@pytest.mark.parametrize("mode", ["all", "verified"])
+def test_filter_matches_what_the_sensor_writes(f2b_confdir: Path, tmp_path: Path, mode: str) -> None:
+    """The contract both ways: every format_alert line yields its src= (verified ones in verified mode)."""
+    alerts = _sensor_alerts()
+    lines = [f"Nov 21 23:59:{i:02d} victim portsentry-sensor[42]: {format_alert(a)[0]}"
+             for i, a in enumerate(alerts)]
+    logfile = tmp_path / "sensor.log"
+    logfile.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    found = run_regex(f2b_confdir, logfile, filter_spec("portsentry-sensor", {"mode": mode}))
+    want = [a.src for a in alerts if mode == "all" or a.verified]
+    assert [address for address, _ in found] == want
