@@ -32,6 +32,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -42,6 +43,8 @@ from typing import Any
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # tests import the sensor's own modules (MESSAGE_ID, ...)
+    sys.path.insert(0, str(REPO_ROOT))
 SYSTEM_PYTHON = "/usr/bin/python3"
 JOURNALD = "/lib/systemd/systemd-journald"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -591,6 +594,22 @@ class SensorProcess:
             return self.stderr_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    @property
+    def pid(self) -> int:
+        """The sensor's PID (ip netns exec and setpriv exec, so journald's _PID is this)."""
+        assert self.proc is not None, "start() first"
+        return self.proc.pid
+
+    def entries(self, journal: Journal, after_cursor: str = "", **match: str) -> list[dict[str, Any]]:
+        """Journal entries written by this sensor process (by _PID) after a cursor."""
+        return journal.entries(after_cursor, _PID=str(self.pid), **match)
+
+    def alerts(self, journal: Journal, after_cursor: str = "", **match: str) -> list[dict[str, Any]]:
+        """This sensor's attack alerts; match keys are PORTSENTRY_* suffixes (src=..., dport=...)."""
+        from sensor.alert import MESSAGE_ID
+        fields = {f"PORTSENTRY_{key.upper()}": value for key, value in match.items()}
+        return self.entries(journal, after_cursor, MESSAGE_ID=MESSAGE_ID, **fields)
 
     @property
     def notifications(self) -> list[str]:
