@@ -1,0 +1,83 @@
+# Fail2Ban action (Python) for the jail [portsentry]: the last rung of the ladder.
+#
+# An address that the jail bans for the <after>-th time within <window> has its
+# current ban turned permanent (bantime -1) in the same jail, and the permanent
+# ban is written to fail2ban's database, so it is restored after a restart.
+#
+# Why in the same jail and not in a separate recidive jail: `fail2ban-client set
+# portsentry unbanip IP` acts on one jail only.  With the permanent ban living in
+# [portsentry] itself, that one command lifts the ban at every stage of the ladder
+# (and, deleting the jail's history of that address, restarts its ladder).  Only
+# [portsentry] bans are counted: the count comes from this jail's rows in the
+# database, never from other jails.
+#
+# Keep bantime.maxtime unset in [portsentry]: fail2ban clips restored permanent
+# bans to the jail's maxtime when bantime.increment is on.
+#
+# Uses fail2ban's Python action API (ActionBase), the observer queue and the
+# database object of the jail; written against fail2ban 1.0.2, checked on 1.1.
+
+from fail2ban.server.action import ActionBase
+from fail2ban.server.mytime import MyTime
+from fail2ban.server.observer import Observers
+
+
+class PortsentryEscalate(ActionBase):
+    """Turn the <after>-th ban of an address within <window> into a permanent ban."""
+
+    def __init__(self, jail, name, after="4", window="1d"):
+        super(PortsentryEscalate, self).__init__(jail, name)
+        self.after = int(after)
+        self.window = MyTime.str2seconds(window)
+        if self.after < 1 or self.window <= 0:
+            raise ValueError("portsentry-escalate: after must be >= 1 and window > 0")
+
+    def start(self):
+        """Nothing to set up: the firewall is the ban action's business."""
+
+    def stop(self):
+        """Nothing to tear down."""
+
+    def ban(self, aInfo):
+        """Queue the check after fail2ban's own bookkeeping of this ban."""
+        if aInfo["restored"] or aInfo["bantime"] == -1:
+            return
+        fid = aInfo["fid"]
+        # The observer thread records the ban (and its increased bantime) in the
+        # database asynchronously; queued after it, our check sees that record and
+        # nothing overwrites our bantime afterwards.
+        if Observers.Main is not None:
+            Observers.Main.add("call", self._escalate, fid)
+        else:  # pragma: no cover - fail2ban without observer
+            self._escalate(fid)
+
+    def reban(self, aInfo):
+        """A re-ban (firewall reload) is not a new ban: count nothing."""
+
+    def unban(self, aInfo):
+        """Nothing to undo: the ban action removes the firewall entry."""
+
+    def _ticket(self, fid):
+        for ticket in self._jail.actions.banManager:
+            if ticket.getID() == fid:
+                return ticket
+        return None
+
+    def _escalate(self, fid):
+        try:
+            database = self._jail.database
+            ticket = self._ticket(fid)
+            if database is None or ticket is None or ticket.getBanTime() == -1:
+                return
+            bans = len(database.getBans(jail=self._jail, ip=fid, bantime=self.window))
+            if bans < self.after:
+                return
+            ticket.setBanTime(-1)
+            database.addBan(self._jail, ticket)
+            self._logSys.notice("[%s] Permanent ban %s: %d bans within %s s",
+                                self._jail.name, fid, bans, self.window)
+        except Exception as exc:  # never break the jail's action thread
+            self._logSys.error("[%s] escalation of %s failed: %s", self._jail.name, fid, exc)
+
+
+Action = PortsentryEscalate
