@@ -83,9 +83,12 @@ def snapshot(lab: Lab, root: Path) -> dict[str, str]:
     def clean(text: str) -> str:
         text = re.sub(r"(?m)^#.*$", "", text)
         return re.sub(r"\[\d+:\d+\]|packets \d+ bytes \d+", "", text)
+    def routes(family: str) -> str:  # without the kernel's own (IPv6 link-local ones come late)
+        out = lab.run_victim(["ip", family, "route", "show", "table", "all"]).stdout
+        return "".join(line for line in out.splitlines(keepends=True) if "proto kernel" not in line)
     state = {
-        "routes4": lab.run_victim(["ip", "-4", "route", "show", "table", "all"]).stdout,
-        "routes6": lab.run_victim(["ip", "-6", "route", "show", "table", "all"]).stdout,
+        "routes4": routes("-4"),
+        "routes6": routes("-6"),
         "iptables": clean(lab.run_victim(["iptables-save"]).stdout),
         "ip6tables": clean(lab.run_victim(["ip6tables-save"]).stdout),
         "nft": clean(lab.run_victim(["nft", "list", "ruleset"]).stdout),
@@ -98,7 +101,7 @@ def snapshot(lab: Lab, root: Path) -> dict[str, str]:
 def migrate_bans(lab: Lab, root: Path, f2b: Fail2Ban, *extra: str) -> tuple[int, str]:
     """``portsentry-sensor migrate-bans`` run inside the victim namespace."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    done = lab.run_victim([SYSTEM_PYTHON, "-m", "sensor.migrate", "migrate-bans", "--root", str(root),
+    done = lab.run_victim([SYSTEM_PYTHON, "-m", "sensor", "migrate-bans", "--root", str(root),
                            "--fail2ban-socket", str(f2b.socket), *extra], env=env, cwd=str(REPO_ROOT),
                           timeout=120)
     return done.returncode, done.stdout + done.stderr
