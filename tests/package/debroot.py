@@ -1,0 +1,178 @@
+"""A fresh Debian 12 root for package tests: debootstrap once, cache, chroot.
+
+Installing the .deb on the dev machine proves nothing (everything is already
+there); a minbase bookworm root made by debootstrap is what a user starts
+from.  debootstrap takes about a minute through the mirror, so the root is
+cached as a tarball under ``.cache/package/`` keyed by suite and package list;
+the cached root also holds the downloaded .debs of our dependencies (not
+installed), so ``apt-get install ./our.deb`` resolves them as on a real
+machine, without the network.  Services never start inside (policy-rc.d).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent.parent
+CACHE = REPO / ".cache" / "package"
+SUITE = "bookworm"
+MIRROR = os.environ.get("PORTSENTRY_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+# Our Depends (see packaging/debian/control), downloaded into the cached root.
+PREFETCH = ("python3", "python3-systemd", "python3-watchdog", "python3-jinja2",
+            "fail2ban", "nftables", "adduser")
+POLICY_RC_D = "#!/bin/sh\n# package tests: never start services in this root\nexit 101\n"
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root",
+       "DEBIAN_FRONTEND": "noninteractive"}
+# Paths that change on their own (apt/dpkg bookkeeping, logs, caches, kernel fs).
+VOLATILE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/log", "/var/cache",
+            "/var/lib/apt", "/var/lib/dpkg", "/root")
+# Backups the shadow tools write on any user change; the files themselves are compared.
+SHADOW_BACKUPS = ("/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-")
+
+
+def in_ci() -> bool:
+    """True in CI, where a package test must run and never skip."""
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def unavailable(reason: str) -> None:
+    """Fail (CI) or skip (elsewhere): the package tests cannot run here."""
+    if in_ci():
+        pytest.fail(f"package test prerequisite missing in CI: {reason}", pytrace=False)
+    pytest.skip(f"package: {reason}")
+
+
+def require(tools: Sequence[str], root: bool = True) -> None:
+    """Root and the given tools, or unavailable()."""
+    missing = [t for t in tools if shutil.which(t, path=ENV["PATH"]) is None]
+    if root and os.geteuid() != 0:
+        missing.insert(0, "root")
+    if missing:
+        unavailable("needs " + ", ".join(missing))
+
+
+def run(args: Sequence[str], timeout: float = 600, check: bool = True,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command on the host; on failure raise with its output."""
+    result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
+                            env=env or ENV, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def cache_key() -> str:
+    """Changes whenever what the cached root holds would change."""
+    text = "\n".join((SUITE, MIRROR, "minbase", *PREFETCH, "v1"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class DebianRoot:
+    """An unpacked Debian root with /proc mounted; commands run in it via chroot."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.mounted = False
+
+    def mount(self) -> None:
+        """Mount /proc (dpkg, python and the sensor read it)."""
+        run(["mount", "-t", "proc", "proc", str(self.path / "proc")])
+        self.mounted = True
+
+    def umount(self) -> None:
+        """Unmount what mount() mounted."""
+        if self.mounted:
+            run(["umount", "-l", str(self.path / "proc")], check=False)
+            self.mounted = False
+
+    def sh(self, script: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a shell script inside the root as root."""
+        return run(["chroot", str(self.path), "/bin/sh", "-ec", script], timeout=timeout, check=check)
+
+    def file(self, path: str) -> Path:
+        """Host path of a path inside the root."""
+        return self.path / path.lstrip("/")
+
+    def snapshot(self) -> dict[str, str]:
+        """Every path outside VOLATILE with its type, mode and owner; /etc files with a hash."""
+        prune = " -o ".join(f"-path {p}" for p in VOLATILE)
+        listing = self.sh(f"find / -xdev \\( {prune} \\) -prune -o -printf '%p %y %m %u %g\\n'",
+                          timeout=120).stdout
+        entries: dict[str, str] = {}
+        for line in listing.splitlines():
+            name, _, rest = line.partition(" ")
+            if name in VOLATILE or name in SHADOW_BACKUPS:
+                continue
+            entries[name] = rest
+            if name.startswith("/etc/") and rest.startswith("f "):
+                entries[name] += " " + hashlib.sha256(self.file(name).read_bytes()).hexdigest()[:16]
+        return entries
+
+    def destroy(self) -> None:
+        """Unmount and delete the root (never across a still-mounted /proc)."""
+        self.umount()
+        if (self.path / "proc" / "self").exists():
+            raise RuntimeError(f"{self.path}/proc is still mounted; not deleting")
+        shutil.rmtree(self.path)
+
+
+def _bootstrap(target: Path) -> None:
+    """debootstrap minbase bookworm, forbid service starts, download our Depends."""
+    run(["debootstrap", "--variant=minbase", SUITE, str(target), MIRROR], timeout=900)
+    policy = target / "usr/sbin/policy-rc.d"
+    policy.write_text(POLICY_RC_D)
+    policy.chmod(0o755)
+    root = DebianRoot(target)
+    root.mount()
+    try:
+        root.sh("apt-get update -qq && apt-get install -y -qq --download-only "
+                + " ".join(PREFETCH), timeout=900)
+    finally:
+        root.umount()
+
+
+def cached_root_tarball() -> Path:
+    """The cached tarball of a fresh root, made on first use."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tarball = CACHE / f"{SUITE}-minbase-{cache_key()}.tar"
+    if tarball.exists():
+        return tarball
+    target = CACHE / f"build-{os.getpid()}"
+    if target.exists():
+        shutil.rmtree(target)
+    try:
+        _bootstrap(target)
+        partial = tarball.with_suffix(".partial")
+        run(["tar", "-C", str(target), "--numeric-owner", "-cf", str(partial), "."], timeout=600)
+        partial.rename(tarball)
+    finally:
+        if target.exists() and not (target / "proc" / "self").exists():
+            shutil.rmtree(target)
+    for old in CACHE.glob(f"{SUITE}-minbase-*.tar"):
+        if old != tarball:
+            old.unlink()
+    return tarball
+
+
+def fresh_root(where: Path) -> DebianRoot:
+    """Unpack the cached root into ``where`` and mount /proc."""
+    tarball = cached_root_tarball()
+    where.mkdir(parents=True)
+    run(["tar", "-C", str(where), "--numeric-owner", "-xpf", str(tarball)], timeout=600)
+    root = DebianRoot(where)
+    root.mount()
+    return root
+
+
+def build_deb() -> Path:
+    """tools/build-deb; returns the .deb it made."""
+    result = run([str(REPO / "tools" / "build-deb")], timeout=600)
+    return REPO / result.stdout.strip().splitlines()[-1]

@@ -1,0 +1,85 @@
+"""The built package and its unit, checked without installing: lintian, systemd-analyze.
+
+Issue 5, done-when 1 and 2: ``lintian --pedantic`` reports no error and no
+warning (each override carries a reason), and the shipped unit's exposure
+score from ``systemd-analyze security --offline=true`` is 2.0 or better.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from debroot import REPO, require, run
+
+pytestmark = pytest.mark.package
+
+DEBIAN = REPO / "packaging" / "debian"
+UNIT = DEBIAN / "portsentry-sensor.service"
+MAX_EXPOSURE = 2.0
+
+
+def test_lintian_pedantic_reports_no_error_and_no_warning(deb: Path) -> None:
+    require(["lintian"], root=False)
+    result = run(["lintian", "--pedantic", "--display-info", "--show-overrides", str(deb)],
+                 check=False, timeout=300)
+    tags = [line for line in result.stdout.splitlines() if re.match(r"^[EWIPXO]: ", line)]
+    bad = [line for line in tags if line[0] in "EW"]
+    assert not bad, "lintian errors/warnings:\n" + "\n".join(bad)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_lintian_override_carries_a_reason() -> None:
+    for path in DEBIAN.glob("*lintian-overrides"):
+        previous = ""
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.strip() and not line.startswith("#"):
+                assert previous.startswith("#") and len(previous) > 10, \
+                    f"{path.name}:{number}: override without a one-line '# reason' above it"
+            previous = line
+
+
+def exposure(unit: Path) -> float:
+    """The overall exposure level systemd-analyze gives the unit (0 best, 10 worst)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.fail("systemd-analyze is missing (package systemd)")
+    result = run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+                 check=False, timeout=60)
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
+    assert match, f"no score in systemd-analyze output:\n{result.stdout}\n{result.stderr}"
+    return float(match.group(1))
+
+
+def test_unit_security_exposure_is_at_most_2() -> None:
+    score = exposure(UNIT)
+    assert score <= MAX_EXPOSURE, f"exposure {score} > {MAX_EXPOSURE}"
+
+
+def test_the_score_check_would_catch_a_weak_unit(tmp_path: Path) -> None:
+    """Guards the parser: a unit without hardening must score far worse."""
+    weak = tmp_path / "weak.service"
+    weak.write_text("[Service]\nExecStart=/bin/true\n")
+    assert exposure(weak) > 5.0
+
+
+def unit_settings() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_unit_runs_unprivileged_with_two_capabilities_and_no_restart_loop() -> None:
+    unit = unit_settings()
+    caps = {"CAP_NET_BIND_SERVICE", "CAP_NET_RAW"}
+    assert set(unit["CapabilityBoundingSet"][0].split()) == caps
+    assert set(unit["AmbientCapabilities"][0].split()) == caps
+    assert not any("CAP_NET_ADMIN" in v for values in unit.values() for v in values)
+    assert unit["User"] == ["portsentry-sensor"]
+    assert unit["Type"] == ["notify"] and unit["WatchdogSec"]
+    assert unit["Restart"] == ["on-failure"] and unit["RestartPreventExitStatus"] == ["2"]
+    assert unit["ProtectSystem"] == ["strict"] and unit["NoNewPrivileges"] == ["yes"]
