@@ -1,0 +1,118 @@
+"""The jail pack as fail2ban reads it: ``fail2ban-client -d`` dumps the command stream.
+
+Checks what DESIGN.md section 5 requires of jail.d/portsentry.conf without running
+a server: backend systemd, a trusted journalmatch that a .local replaces (not adds
+to), nftables on all ports for TCP and UDP, explicit times, increasing bans without
+maxtime (it would clip restored permanent bans), the escalation action, and the
+filter's mode parameter reaching the failregex.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+JAIL = "portsentry"
+
+
+def dump(confdir: Path, local: str | None) -> list[list[Any]]:
+    """The commands fail2ban-client would send for our jail (with an optional .local)."""
+    work = confdir.parent / f"dump-{abs(hash(local))}"
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(confdir, work, symlinks=True)
+    for stale in (work / "jail.d").glob("*"):
+        if not stale.name.startswith("portsentry"):
+            stale.unlink()
+    (work / "jail.local").unlink(missing_ok=True)
+    if local is not None:
+        (work / "jail.d" / "portsentry.local").write_text(local)
+    result = subprocess.run(["fail2ban-client", "-c", str(work), "-d"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    commands = [ast.literal_eval(line) for line in result.stdout.splitlines() if line.startswith("[")]
+    return [c for c in commands if len(c) > 1 and c[1] == JAIL]
+
+
+@pytest.fixture(scope="module")
+def pack_confdir(f2b_confdir: Path) -> Path:
+    """The filter-test config dir, plus our jail.d."""
+    pack = Path(__file__).resolve().parents[2] / "fail2ban" / "jail.d"
+    for item in pack.glob("*"):
+        shutil.copy(item, f2b_confdir / "jail.d" / item.name)
+    return f2b_confdir
+
+
+def settings(commands: list[list[Any]]) -> dict[str, Any]:
+    """``set portsentry KEY VALUE`` commands as a dict (repeated keys: list)."""
+    found: dict[str, Any] = {}
+    for command in commands:
+        if command[0] == "set" and len(command) >= 4:
+            key, value = command[2], command[3:] if len(command) > 4 else command[3]
+            if key in found:
+                found[key] = [*found[key], value] if isinstance(found[key], list) else [found[key], value]
+            else:
+                found[key] = value
+    return found
+
+
+def test_shipped_jail(pack_confdir: Path) -> None:
+    """The shipped jail as a Debian admin gets it, before any .local."""
+    commands = dump(pack_confdir, None)
+    assert ["add", JAIL, "systemd"] in commands
+    conf = settings(commands)
+    assert conf["addjournalmatch"] == "_SYSTEMD_UNIT=portsentry-sensor.service"
+    assert conf["usedns"] == "no"
+    assert conf["maxretry"] == 1
+    assert conf["bantime"] == "10m" and conf["findtime"] == "10m"
+    assert conf["bantime.increment"] is True
+    assert conf["bantime.multipliers"] == "1 6 36"
+    assert conf.get("bantime.maxtime", "") == ""
+    assert "verified=(?:yes|no)" in conf["addfailregex"]
+    actions = [c[3] for c in commands if c[:3] == ["set", JAIL, "addaction"]]
+    assert actions == ["nftables", "portsentry-escalate"]
+    escalate = next(c for c in commands if c[:4] == ["set", JAIL, "addaction", "portsentry-escalate"])
+    assert escalate[5] == '{"after": "4", "window": "1d"}'
+    nft = dict(next(c for c in commands if c[0] == "multi-set" and c[3] == "nftables")[4])
+    assert nft["type"] == "allports" and nft["protocol"] == "tcp,udp"
+    assert "meta l4proto \\{ tcp,udp \\}" in nft["actionstart"]
+    assert nft["addr_set?family=inet6"] == "addr6-set-<name>"
+
+
+def test_local_replaces_journalmatch_and_sets_mode(pack_confdir: Path) -> None:
+    """A .local's journalmatch replaces the shipped one (an [Init] value would be OR-ed)."""
+    local = "[portsentry]\njournalmatch = _UID=999\nmode = verified\nescalate_after = 2\n"
+    conf = settings(dump(pack_confdir, local))
+    assert conf["addjournalmatch"] == "_UID=999"
+    assert "verified=yes count" in conf["addfailregex"]
+
+
+def test_rendered_local_is_what_fail2ban_reads(pack_confdir: Path) -> None:
+    """`portsentry-sensor fail2ban-config` output, read by fail2ban: ignoreip, times, journalmatch."""
+    from sensor.jailconfig import JailChoices, render, validate
+    choices = JailChoices(bantime="1h", findtime="5m", maxretry=2, escalate_after=3, mode="verified",
+                          journalmatch="_UID=998", ignoreip=("127.0.0.0/8", "::1", "192.0.2.0/24"))
+    validate(choices)
+    conf = settings(dump(pack_confdir, render(choices)))
+    assert conf["addignoreip"] == ["127.0.0.0/8", "::1", "192.0.2.0/24"]
+    assert conf["bantime"] == "1h" and conf["findtime"] == "5m" and conf["maxretry"] == 2
+    assert conf["addjournalmatch"] == "_UID=998"
+    assert "verified=yes count" in conf["addfailregex"]
+
+
+def test_rendered_file_backend(pack_confdir: Path) -> None:
+    """The less safe variant: a syslog file, no journal match."""
+    from sensor.jailconfig import JailChoices, render
+    syslog = pack_confdir.parent / "syslog"
+    syslog.write_text("")
+    commands = dump(pack_confdir, render(JailChoices(backend="file", logpath=str(syslog),
+                                                     ignoreip=("127.0.0.0/8",))))
+    assert ["add", JAIL, "auto"] in commands
+    conf = settings(commands)
+    assert "addjournalmatch" not in conf
+    assert conf["addlogpath"][0] == str(syslog)
