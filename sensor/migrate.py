@@ -71,6 +71,9 @@ class System(Protocol):
     def local_networks(self) -> tuple[Network, ...]:
         """This host's own addresses."""
 
+    def pids(self, program: str) -> list[int]:
+        """Processes running ``program``."""
+
     def now(self) -> float:
         """Current time."""
 
@@ -115,6 +118,18 @@ class HostSystem:
     def local_networks(self) -> tuple[Network, ...]:
         """Addresses of this network namespace."""
         return local_networks()
+
+    def pids(self, program: str) -> list[int]:
+        """PIDs whose command name (/proc/PID/comm) is ``program``."""
+        found: list[int] = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/comm", encoding="utf-8", errors="replace") as handle:
+                    if handle.read().strip() == program[:15]:
+                        found.append(int(entry))
+            except OSError:
+                continue
+        return found
 
     def now(self) -> float:
         """Wall-clock time."""
@@ -391,6 +406,12 @@ def migrate_bans(system: System, options: Options, do_apply: bool) -> int:
         return 0
     for note in notes:
         _log("note:", note)
+    running = system.pids("portsentry")
+    if running:
+        print(f"migrate-bans: PortSentry is still running (pid {' '.join(map(str, running))}) and would "
+              "block again: stop it first (systemctl disable --now portsentry)", file=sys.stderr)
+        if do_apply:
+            return 1
     if not do_apply:
         for step in steps:
             _log("plan:", step.text)

@@ -24,6 +24,7 @@ from lab import REPO_ROOT, SYSTEM_PYTHON, Journal, Lab
 pytestmark = pytest.mark.e2e
 
 RECENT, RECENT_UDP, OLD, IGNORED = "203.0.113.10", "203.0.113.12", "203.0.113.11", "198.51.100.20"
+RECENT6 = "2001:db8:ff::10"  # PortSentry 2.0 records IPv6 too
 FOREIGN = "192.0.2.99"  # blocked by the admin, never recorded by PortSentry
 JAIL_LOCAL = "[portsentry]\njournalmatch = _UID=2147483000\nbantime = 1h\n"
 
@@ -45,7 +46,7 @@ def legacy_root(base: Path) -> Path:
     now = time.time()
     tcp = [_record(now - 30 * 86400 * 12, OLD, 80, "TCP"), _record(now - 3600, RECENT, 111, "TCP"),
            _record(now - 1800, IGNORED, 23, "TCP")]
-    udp = [_record(now - 600, RECENT_UDP, 161, "UDP")]
+    udp = [_record(now - 600, RECENT_UDP, 161, "UDP"), _record(now - 500, RECENT6, 161, "UDP")]
     (state / "portsentry.blocked.atcp").write_text("".join(tcp))
     (state / "portsentry.blocked.audp").write_text("".join(udp))
     (state / "portsentry.history").write_text("".join(tcp + udp))
@@ -62,6 +63,8 @@ def block_like_portsentry(lab: Lab) -> None:
         ["route", "add", "-host", OLD, "reject"],
         ["route", "add", "-host", IGNORED, "reject"],
         ["ip", "route", "add", "blackhole", FOREIGN],
+        ["ip", "-6", "route", "add", "unreachable", RECENT6],
+        ["ip6tables", "-I", "INPUT", "-s", RECENT6, "-j", "DROP"],
         ["iptables", "-I", "INPUT", "-s", RECENT, "-j", "DROP"],
         ["iptables", "-I", "INPUT", "-s", RECENT, "-m", "limit", "--limit", "3/minute", "--limit-burst",
          "5", "-j", "LOG", "--log-level", "debug", "--log-prefix", "Portsentry: dropping: "],
@@ -129,7 +132,7 @@ def test_portsentry_blocks_become_expiring_fail2ban_bans(tmp_path: Path, journal
 
             code, out = migrate_bans(lab, root, f2b)
             assert code == 0, out
-            assert f"plan: ban in fail2ban jail 'portsentry' (expires): {RECENT} {RECENT_UDP}" in out
+            assert f"plan: ban in fail2ban jail 'portsentry' (expires): {RECENT} {RECENT_UDP} {RECENT6}" in out
             assert snapshot(lab, root) == before, "the plan alone must change nothing"
             assert f2b.banned() == []
 
@@ -138,11 +141,12 @@ def test_portsentry_blocks_become_expiring_fail2ban_bans(tmp_path: Path, journal
             after = snapshot(lab, root)
 
             # recent addresses: banned by the running jail, with an expiry
-            assert sorted(f2b.banned()) == [RECENT, RECENT_UDP]
+            assert sorted(f2b.banned()) == sorted([RECENT, RECENT_UDP, RECENT6])
             expiries = ban_expiries(f2b)
-            assert set(expiries) == {RECENT, RECENT_UDP}
+            assert set(expiries) == {RECENT, RECENT_UDP, RECENT6}
             assert all("+ 3600 =" in e for e in expiries.values()), expiries
             f2b.wait_in_set(RECENT)
+            f2b.wait_in_set(RECENT6)
             # PortSentry's blocks are gone
             for address in (RECENT, OLD, IGNORED):
                 assert address not in after["routes4"]
@@ -150,6 +154,7 @@ def test_portsentry_blocks_become_expiring_fail2ban_bans(tmp_path: Path, journal
             assert "Portsentry: dropping" not in after["iptables"]
             assert f"-s {OLD}/32 -j DROP" not in after["iptables"]
             assert f"ip saddr {RECENT_UDP} drop" not in after["nft"]
+            assert RECENT6 not in after["routes6"] and RECENT6 not in after["ip6tables"]
             deny = after["etc/hosts.deny"]
             assert all(f"ALL: {a} : DENY" not in deny for a in (OLD, RECENT, IGNORED, RECENT_UDP))
             # ... and the admin's own blocks are untouched
@@ -168,7 +173,7 @@ def test_portsentry_blocks_become_expiring_fail2ban_bans(tmp_path: Path, journal
             assert code == 0, out
             assert "nothing to do" in out
             again = snapshot(lab, root)
-            for key in ("routes4", "iptables", "etc/hosts.deny"):
+            for key in ("routes4", "routes6", "iptables", "ip6tables", "etc/hosts.deny"):
                 assert again[key] == after[key]
         finally:
             f2b.stop()

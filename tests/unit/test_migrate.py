@@ -43,6 +43,7 @@ class FakeSystem(HostSystem):
                        "right": "198.51.100.20"}}, {"drop": None}]}}]
         self.banned: list[str] = []
         self.fail2ban_up = fail2ban_up
+        self.running: list[int] = []
 
     def run(self, argv: Sequence[str]) -> Result:
         args = tuple(argv)
@@ -77,6 +78,9 @@ class FakeSystem(HostSystem):
 
     def local_networks(self) -> tuple[Network, ...]:
         return ()
+
+    def pids(self, program: str) -> list[int]:
+        return self.running if program == "portsentry" else []
 
     def now(self) -> float:
         return NOW
@@ -139,6 +143,20 @@ def test_fail2ban_down_means_nothing_changed(root: Path, capsys: pytest.CaptureF
     assert len(system.iptables) == len(IPTABLES) and len(system.routes) == 3
     assert (root / "etc/hosts.deny").read_text() == before
     assert "nothing changed" in capsys.readouterr().err
+
+
+def test_refuses_while_portsentry_still_runs(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    system = FakeSystem(root)
+    system.running = [4077]
+    assert migrate.migrate_bans(system, Options(), do_apply=False) == 0
+    assert "PortSentry is still running (pid 4077)" in capsys.readouterr().err
+    assert migrate.migrate_bans(system, Options(), do_apply=True) == 1
+    assert system.banned == [] and len(system.iptables) == len(IPTABLES)
+
+
+def test_host_system_finds_processes_by_name() -> None:
+    assert os.getpid() in HostSystem().pids(Path(f"/proc/{os.getpid()}/comm").read_text().strip())
+    assert HostSystem().pids("no-such-program") == []
 
 
 def test_recent_days_widens_the_handover(root: Path) -> None:
