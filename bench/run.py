@@ -1,0 +1,620 @@
+"""Side-by-side benchmark: portsentry-sensor against Debian's PortSentry 1.2, in one run.
+
+Usage (root): ``.venv/bin/python bench/run.py [--quick] [--only SECTION,...] [--no-record]``
+
+Builds the e2e lab (tests/e2e/lab.py: victim and attacker namespaces, a
+standalone journald if none runs), puts a real HTTP service on the victim's
+port 80, and measures both sensors in turn, each alone in the victim:
+
+- grid     modes x nmap scan types (-sS -sT -sF -sN -sX -sU), IPv4 and IPv6
+- latency  first probe on the wire -> alert in the journal (ours) / on /dev/log (PortSentry)
+- lines    log lines for one 1,024-port and one 65,535-port SYN scan
+- cpu      CPU seconds while >= 20,000 legitimate HTTP requests hit the real service
+- memory   idle RSS; peak RSS while >= 100,000 spoofed sources probe watched ports
+- ban      scan-to-ban through fail2ban with our jail pack (ours only)
+
+Prints one Markdown table and appends it, with the command and the machine's
+load, to bench/RESULTS.md.  Every loop is bounded; namespaces and processes
+are removed by PID at the end.  See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path[:0] = [str(BENCH), str(REPO / "tests" / "e2e"), str(REPO)]
+
+import netio  # noqa: E402
+from lab import ATTACKER4, ATTACKER6, SYSTEM_PYTHON, VICTIM4, VICTIM6, Journal, Lab, wait_until  # noqa: E402
+from sensors import (  # noqa: E402
+    JournalWatch,
+    Line,
+    OurSensor,
+    PortSentry,
+    alive,
+    cpu_seconds,
+    memory_kb,
+    portsentry_root,
+)
+
+from sensor.alert import MESSAGE_ID  # noqa: E402
+
+PREFIX = "psbench"
+SERVICE_PORT = 80
+# Debian's stock PortSentry lists (bound and stealth modes watch these).
+TCP_PORTS = ("1,11,15,79,111,119,143,540,635,1080,1524,2000,5742,6667,12345,12346,20034,27665,"
+             "31337,32771,32772,32773,32774,40421,49724,54320")
+UDP_PORTS = "1,7,9,69,161,162,513,635,640,641,700,37444,34555,31335,32770,32771,32772,32773,32774,31337,54321"
+GRID_TCP = "1,79,111,143"   # in TCP_PORTS and below 1024
+GRID_UDP = "1,7,9,69"
+SCANS = (("-sS", "tcp"), ("-sT", "tcp"), ("-sF", "tcp"), ("-sN", "tcp"), ("-sX", "tcp"), ("-sU", "udp"))
+MODE_PAIRS = (("tcp", "udp"), ("stcp", "sudp"), ("atcp", "audp"))
+LATENCY_PORT = 79
+TARGETS = {
+    "latency": "median <= 5 ms", "lines": "<= 3 per source per scan", "cpu": "<= 1/10 of PortSentry",
+    "idle": "<= 30 MB", "peak": "<= 64 MB, no crash", "ban": "median <= 1.0 s",
+}
+
+
+class Contender(Protocol):
+    """What run.py needs from a sensor."""
+
+    name: str
+    pids: list[int]
+
+    def mark(self) -> int: ...
+
+    def lines(self, start: int = 0) -> list[Line]: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class Settings:
+    """Sizes of the run (full or --quick)."""
+
+    samples: int = 25
+    http_requests: int = 20_000
+    spoof4: int = 100_000
+    spoof6: int = 50_000
+    spoof_rate: float = 10_000.0
+    ban_samples: int = 20
+    full_scan: bool = True
+
+
+@dataclass
+class Results:
+    """Everything measured, keyed by (row, contender)."""
+
+    cells: dict[tuple[str, str], str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def put(self, row: str, who: str, value: str) -> None:
+        """Record one cell (and say it, so a long run shows progress)."""
+        self.cells[(row, who)] = value
+        print(f"  {row:<46} {who:<18} {value}", flush=True)
+
+
+# --------------------------------------------------------------------------
+# Small helpers.
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The q-quantile (nearest rank) of values."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
+
+
+def ms(seconds: float) -> str:
+    """Seconds as milliseconds text."""
+    return f"{seconds * 1000:.1f} ms"
+
+
+def victim_mac(lab: Lab) -> str:
+    """The victim's eth0 MAC address."""
+    return lab.run_victim(["cat", "/sys/class/net/eth0/address"], check=True).stdout.strip()
+
+
+def nmap(lab: Lab, ns: str, args: Sequence[str], timeout: float = 120) -> None:
+    """Run nmap (no ping, no DNS, bounded) from a namespace."""
+    base = ["nmap", "-n", "-Pn", "--host-timeout", f"{int(timeout) - 10}s"]
+    lab.run_in(ns, [*base, *args], timeout=timeout)
+
+
+def settle(target: Contender, quiet: float = 1.0, limit: float = 30.0) -> None:
+    """Wait until the target has logged nothing new for ``quiet`` seconds (bounded)."""
+    deadline = time.monotonic() + limit
+    last, since = target.mark(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now_mark = target.mark()
+        if now_mark != last:
+            last, since = now_mark, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+
+
+def is_alert(line: Line) -> bool:
+    """An attack alert (PortSentry also logs admin lines)."""
+    return "attackalert" in line.text
+
+
+# --------------------------------------------------------------------------
+# The world.
+
+class World:
+    """The lab, the log collectors and both contenders."""
+
+    def __init__(self, lab: Lab, journal: JournalWatch) -> None:
+        self.lab = lab
+        self.journal = journal
+        self.mac = victim_mac(lab)
+        self.injector = netio.Injector(lab.attacker, self.mac)
+        self.ours = OurSensor(lab, journal)
+        self.ps = PortSentry(lab, [VICTIM4, VICTIM6])
+        self.grid_attackers: list[tuple[str, str, str]] = []
+        self.spoof_next = 0
+
+    def fresh4(self) -> str:
+        """A spoofed IPv4 source never used before in this run (latency and ban samples)."""
+        self.spoof_next += 1
+        return netio.spoof4(120_000 + self.spoof_next)
+
+    def fresh6(self) -> str:
+        """A spoofed IPv6 source never used before in this run."""
+        self.spoof_next += 1
+        return netio.spoof6(900_000 + self.spoof_next)
+
+    def close(self) -> None:
+        """Stop both sensors, close sockets."""
+        for closer in (self.ours.close, self.ps.close, self.injector.close):
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - cleanup must go on
+                traceback.print_exc()
+
+
+def build_lab(lab: Lab) -> None:
+    """Routes for the spoofed ranges (replies go to the attacker, which drops them), the service."""
+    lab.run_victim(["ip", "route", "add", str(netio.SPOOF4), "via", ATTACKER4], check=True)
+    lab.run_victim(["ip", "-6", "route", "add", "2001:db8:5000::/36", "via", ATTACKER6], check=True)
+    server = lab.spawn_victim([SYSTEM_PYTHON, str(BENCH / "httpserve.py"), str(SERVICE_PORT)])
+    if not wait_until(lambda: lab.listening(lab.victim, "tcp", SERVICE_PORT) or server.poll() is not None, 10):
+        raise RuntimeError("bench HTTP service did not start")
+
+
+def start_ours(world: World, modes: Sequence[str], advanced: int = 1024, log_target: str = "journal") -> None:
+    """Our sensor in the given modes."""
+    world.ours.start(modes, TCP_PORTS, UDP_PORTS, advanced, advanced, log_target)
+
+
+def start_ps(world: World, modes: Sequence[str], advanced: int = 1024) -> None:
+    """PortSentry, one daemon per mode."""
+    world.ps.start(modes, advanced, advanced)
+
+
+# --------------------------------------------------------------------------
+# Sections.
+
+def grid_attackers(world: World) -> list[tuple[str, str, str]]:
+    """One attacker namespace per scan type (so each cell is its own first alert)."""
+    if not world.grid_attackers:
+        for i, _ in enumerate(SCANS):
+            addr4, addr6 = f"192.0.2.{11 + i}", f"2001:db8::1{i}"
+            ns = world.lab.add_attacker(f"g{i}", addr4, addr6)
+            world.grid_attackers.append((ns, addr4, addr6))
+    return world.grid_attackers
+
+
+def run_grid_once(world: World, target: Contender, modes: Sequence[str]) -> dict[str, str]:
+    """Every scan type from its own attacker, IPv4 and IPv6; cell -> yes/no."""
+    mark = target.mark()
+    for (flag, _proto), (ns, _a4, _a6) in zip(SCANS, grid_attackers(world)):
+        ports = GRID_UDP if flag == "-sU" else GRID_TCP
+        for family in ("4", "6"):
+            extra = ["-6"] if family == "6" else []
+            dst = VICTIM6 if family == "6" else VICTIM4
+            nmap(world.lab, ns, [*extra, flag, "--max-retries", "1", "-T4", "-p", ports, dst], timeout=60)
+    settle(target, 1.0, 10)
+    found = [line for line in target.lines(mark) if is_alert(line)]
+    cells = {}
+    for (flag, _proto), (_ns, addr4, addr6) in zip(SCANS, grid_attackers(world)):
+        for family, addr in (("v4", addr4), ("v6", addr6)):
+            hits = [line for line in found if line.src == addr]
+            label = ""
+            if hits and hits[0].fields:
+                label = f" ({hits[0].fields.get('PORTSENTRY_SCAN', '')})"
+            cells[f"{flag} {family}"] = ("yes" + label) if hits else "no"
+    return cells
+
+
+def section_grid(world: World, results: Results, settings: Settings) -> None:
+    """Detection grid for both sensors."""
+    for tcp, udp in MODE_PAIRS:
+        start_ours(world, (tcp, udp))
+        try:
+            cells = run_grid_once(world, world.ours, (tcp, udp))
+        finally:
+            world.ours.stop()
+        for key, value in cells.items():
+            results.put(f"grid {tcp}/{udp} {key}", "ours", value)
+        start_ps(world, (tcp, udp))
+        try:
+            cells = run_grid_once(world, world.ps, (tcp, udp))
+        finally:
+            world.ps.stop()
+        for key, value in cells.items():
+            results.put(f"grid {tcp}/{udp} {key}", "portsentry", value)
+
+
+def latency_samples(world: World, target: Contender, count: int, fresh: Callable[[], str],
+                    dst: str) -> tuple[list[float], int]:
+    """Send one SYN from a new spoofed source per sample; time until its alert line appears."""
+    values: list[float] = []
+    missed = 0
+    for _ in range(count):
+        src = fresh()
+        mark = target.mark()
+        ethertype, data = netio.packet(src, dst, LATENCY_PORT)
+        t0 = time.time()
+        world.injector.send(ethertype, data)
+        seen: list[Line] = []
+
+        def arrived(src: str = src, mark: int = mark) -> bool:
+            seen[:] = [line for line in target.lines(mark) if line.src == src and is_alert(line)]
+            return bool(seen)
+
+        if wait_until(arrived, 2.0, step=0.001):
+            values.append(min(line.at for line in seen) - t0)
+        else:
+            missed += 1
+        time.sleep(0.05)
+    return values, missed
+
+
+def put_latency(results: Results, row: str, who: str, values: list[float], missed: int) -> None:
+    """median / p95 / n cell."""
+    if not values:
+        results.put(row, who, f"no alert ({missed} probes)")
+        return
+    text = (f"median {ms(statistics.median(values))}, p95 {ms(pct(values, 0.95))} "
+            f"(n={len(values)}{f', {missed} missed' if missed else ''})")
+    results.put(row, who, text)
+    results.raw[f"{row}/{who}"] = [round(v * 1000, 3) for v in values]
+
+
+def section_latency(world: World, results: Results, settings: Settings) -> None:
+    """First-alert latency in advanced mode, both sensors; IPv6 too for ours."""
+    start_ours(world, ("atcp", "audp"))
+    try:
+        results.put("idle RSS, journald sink (atcp+audp, 1 process)", "ours",
+                    f"{memory_kb(world.ours.pids[0], 'VmRSS') / 1024:.1f} MB")
+        values, missed = latency_samples(world, world.ours, settings.samples, world.fresh4, VICTIM4)
+        put_latency(results, "first alert latency, atcp, IPv4 SYN", "ours", values, missed)
+        values, missed = latency_samples(world, world.ours, settings.samples, world.fresh6, VICTIM6)
+        put_latency(results, "first alert latency, atcp, IPv6 SYN", "ours", values, missed)
+    finally:
+        world.ours.stop()
+    start_ps(world, ("atcp", "audp"))
+    try:
+        values, missed = latency_samples(world, world.ps, settings.samples, world.fresh4, VICTIM4)
+        put_latency(results, "first alert latency, atcp, IPv4 SYN", "portsentry", values, missed)
+        results.put("first alert latency, atcp, IPv6 SYN", "portsentry", "no IPv6 support")
+    finally:
+        world.ps.stop()
+
+
+def count_scan(world: World, target: Contender, ports: str, nmap_extra: Sequence[str],
+               stop_first: bool) -> tuple[int, int, int]:
+    """(alert lines, lines naming the source, ports reported) for one SYN scan from the attacker."""
+    mark = target.mark()
+    nmap(world.lab, world.lab.attacker, ["-sS", "-p", ports, *nmap_extra, VICTIM4], timeout=300)
+    settle(target, 2.0, 60)
+    if stop_first:
+        target.stop()  # ours writes its closing summary at exit: count everything the scan ever causes
+        settle(target, 1.0, 10)
+    lines = [line for line in target.lines(mark) if is_alert(line)]
+    naming = [line for line in lines if line.src == ATTACKER4]
+    ports_seen = set()
+    for line in naming:
+        if line.fields:
+            ports_seen.add(line.fields.get("PORTSENTRY_COUNT"))
+        else:
+            ports_seen.add(line.text.rsplit("port:", 1)[-1].strip())
+    if naming and naming[-1].fields:
+        return len(lines), len(naming), max(int(line.fields.get("PORTSENTRY_COUNT", 0)) for line in naming)
+    return len(lines), len(naming), len(ports_seen)
+
+
+def section_lines(world: World, results: Results, settings: Settings) -> None:
+    """Lines per source for a 1,024-port and a 65,535-port SYN scan."""
+    sizes = [(1024, "1-1024", ["-T4", "--max-retries", "1"])]
+    if settings.full_scan:
+        sizes.append((65535, "1-65535", ["-T4", "--max-retries", "0", "--min-rate", "5000"]))
+    for advanced, ports, extra in sizes:
+        row = f"alert lines per source, -sS -p {ports} (atcp {advanced})"
+        start_ours(world, ("atcp", "audp"), advanced)
+        try:
+            total, naming, counted = count_scan(world, world.ours, ports, extra, stop_first=True)
+        finally:
+            world.ours.stop()
+        results.put(row, "ours", f"{naming} lines (count={counted} ports in the last line)")
+        start_ps(world, ("atcp", "audp"), advanced)
+        try:
+            total, naming, counted = count_scan(world, world.ps, ports, extra, stop_first=False)
+        finally:
+            world.ps.stop()
+        results.put(row, "portsentry", f"{total} lines ({naming} naming the source; {counted} ports logged)")
+
+
+def http_flood(world: World, requests: int) -> dict[str, Any]:
+    """The legitimate load from the attacker namespace; returns its JSON summary."""
+    out = world.lab.run_attacker([SYSTEM_PYTHON, str(BENCH / "httpflood.py"), "--host", VICTIM4,
+                                  "--port", str(SERVICE_PORT), "--requests", str(requests),
+                                  "--concurrency", "8", "--max-seconds", "150"], timeout=200)
+    try:
+        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    except (ValueError, IndexError):
+        return {"ok": 0, "failed": requests, "seconds": 0, "error": out.stderr[-500:]}
+
+
+def cpu_during_flood(world: World, target: Contender, requests: int) -> tuple[float, dict[str, Any], int]:
+    """(CPU seconds of the target's processes, flood summary, alert lines) during one flood."""
+    time.sleep(1.0)
+    mark = target.mark()
+    before = sum(cpu_seconds(p) for p in target.pids)
+    flood = http_flood(world, requests)
+    time.sleep(0.5)
+    after = sum(cpu_seconds(p) for p in target.pids)
+    alerts = [line for line in target.lines(mark) if is_alert(line)]
+    return after - before, flood, len(alerts)
+
+
+def section_cpu(world: World, results: Results, settings: Settings) -> None:
+    """CPU seconds during >= 20,000 new-connection HTTP requests to the real service."""
+    row = f"CPU s during {settings.http_requests:,} HTTP requests (atcp+audp)"
+    start_ours(world, ("atcp", "audp"))
+    try:
+        ours, flood, alerts = cpu_during_flood(world, world.ours, settings.http_requests)
+    finally:
+        world.ours.stop()
+    results.put(row, "ours", f"{ours:.2f} s ({flood.get('ok')} ok in {flood.get('seconds')} s, "
+                f"{alerts} alerts)")
+    start_ps(world, ("atcp", "audp"))
+    try:
+        theirs, flood, alerts = cpu_during_flood(world, world.ps, settings.http_requests)
+    finally:
+        world.ps.stop()
+    results.put(row, "portsentry", f"{theirs:.2f} s ({flood.get('ok')} ok in {flood.get('seconds')} s, "
+                f"{alerts} alerts; 2 processes)")
+    ratio = f"{theirs / ours:.0f}x less" if ours > 0 else "ours below clock resolution (10 ms)"
+    results.put("CPU ratio (portsentry / ours)", "ours", ratio)
+    results.raw["cpu"] = {"ours": ours, "portsentry": theirs}
+
+
+def spoof_flood(world: World, target: Contender, settings: Settings, udp: bool) -> dict[str, Any]:
+    """Run bench/spoof.py in the attacker; sample the target's RSS meanwhile."""
+    tcp_ports = [p for p in range(1, 1025) if p not in (SERVICE_PORT, 113, 139)]
+    udp_ports = [p for p in range(1, 1025) if p not in (67, 137, 138, 520)] if udp else []
+    cmd = ["ip", "netns", "exec", world.lab.attacker, SYSTEM_PYTHON, str(BENCH / "spoof.py"),
+           "--mac", world.mac, "--dst4", VICTIM4, "--dst6", VICTIM6,
+           "--count4", str(settings.spoof4), "--count6", str(settings.spoof6),
+           "--tcp-ports", ",".join(map(str, tcp_ports)), "--udp-ports", ",".join(map(str, udp_ports)),
+           "--rate", str(settings.spoof_rate), "--max-seconds", "90"]
+    sender = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    peak_rss = 0
+    deadline = time.monotonic() + 120
+    try:
+        while sender.poll() is None and time.monotonic() < deadline:
+            peak_rss = max(peak_rss, sum(memory_kb(p, "VmRSS") for p in target.pids if alive(p)))
+            time.sleep(0.25)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+        out = sender.communicate(timeout=10)[0]
+    try:
+        summary = dict(json.loads(out.strip().splitlines()[-1]))
+    except (ValueError, IndexError):
+        summary = {"sent": 0}
+    summary["sampled_peak_kb"] = peak_rss
+    return summary
+
+
+def memory_run(world: World, target: Contender, settings: Settings, who: str, results: Results) -> None:
+    """Idle RSS, the flood, peak (VmHWM), after-flood RSS, alive, still detecting."""
+    time.sleep(2.0)
+    idle = sum(memory_kb(p, "VmRSS") for p in target.pids)
+    mark = target.mark()
+    summary = spoof_flood(world, target, settings, udp=True)
+    settle(target, 2.0, 120)
+    hwm = sum(memory_kb(p, "VmHWM") for p in target.pids if alive(p))
+    after = sum(memory_kb(p, "VmRSS") for p in target.pids if alive(p))
+    survived = all(alive(p) for p in target.pids)
+    alerts = [line for line in target.lines(mark) if is_alert(line)]
+    sources = len({line.src for line in alerts if line.src})
+    probe, _missed = latency_samples(world, target, 1, world.fresh4, VICTIM4) if survived else ([], 1)
+    n = len(target.pids)
+    results.put("idle RSS (atcp+audp)", who, f"{idle / 1024:.1f} MB" + (f" ({n} processes)" if n > 1 else ""))
+    results.put(f"peak RSS, {summary.get('sent', 0):,} spoofed sources", who,
+                f"{hwm / 1024:.1f} MB (VmHWM); {after / 1024:.1f} MB after; "
+                f"{'alive' if survived else 'DIED'}; {'detects' if probe else 'NO alert'} after; "
+                f"{len(alerts):,} alert lines, {sources:,} sources named; sent in {summary.get('seconds')} s")
+    results.raw[f"memory/{who}"] = {"idle_kb": idle, "hwm_kb": hwm, "after_kb": after, **summary}
+
+
+def section_memory(world: World, results: Results, settings: Settings) -> None:
+    """RSS under a spoofed flood (both log to a harness /dev/log; see sensors.py)."""
+    start_ours(world, ("atcp", "audp"), log_target="syslog")
+    try:
+        memory_run(world, world.ours, settings, "ours", results)
+    finally:
+        world.ours.stop()
+    start_ps(world, ("atcp", "audp"))
+    try:
+        memory_run(world, world.ps, settings, "portsentry", results)
+    finally:
+        world.ps.stop()
+
+
+def section_ban(world: World, results: Results, settings: Settings) -> None:
+    """Scan-to-ban: first probe of a 10-port SYN scan -> address in the victim's nft set."""
+    from f2bbench import Fail2ban, NftMonitor
+    start_ours(world, ("atcp", "audp"))
+    f2b = Fail2ban(world.lab, world.ours.user[1], "192.0.2.0/24 2001:db8::/64")
+    monitor = NftMonitor(world.lab)
+    try:
+        f2b.start()
+        values, alert_part, missed = [], [], 0
+        for _ in range(settings.ban_samples):
+            src = world.fresh4()
+            mark = world.ours.mark()
+            t0 = time.time()
+            for port in range(20, 30):
+                world.injector.send(*netio.packet(src, VICTIM4, port))
+            if wait_until(lambda src=src: src in monitor.added, 10, step=0.005):
+                values.append(monitor.added[src] - t0)
+                seen = [line.at for line in world.ours.lines(mark) if line.src == src]
+                if seen:
+                    alert_part.append(min(seen) - t0)
+            else:
+                missed += 1
+        pack = "jail pack's jail.d" if f2b.pack_jail else "fallback jail (no jail.d in the pack yet)"
+        if values:
+            results.put("scan-to-ban (first probe -> nft set), fail2ban", "ours",
+                        f"median {statistics.median(values):.3f} s, p95 {pct(values, 0.95):.3f} s "
+                        f"(n={len(values)}{f', {missed} missed' if missed else ''}; {pack})")
+            results.put("  of which first probe -> journal", "ours",
+                        f"median {ms(statistics.median(alert_part))}" if alert_part else "n/a")
+            results.raw["ban"] = [round(v, 4) for v in values]
+        else:
+            results.put("scan-to-ban (first probe -> nft set), fail2ban", "ours",
+                        f"no ban in 10 s ({missed} scans); f2b log tail: {f2b.log()[-300:]!r}")
+        results.put("scan-to-ban", "portsentry", "n/a (PortSentry blocks itself; BLOCK_TCP=0 here)")
+    finally:
+        f2b.close()
+        world.ours.stop()
+
+
+SECTIONS: dict[str, Callable[[World, Results, Settings], None]] = {
+    "grid": section_grid, "latency": section_latency, "lines": section_lines,
+    "cpu": section_cpu, "memory": section_memory, "ban": section_ban,
+}
+
+
+# --------------------------------------------------------------------------
+# Report.
+
+def table(results: Results) -> str:
+    """The Markdown table: one row per measurement, ours beside PortSentry."""
+    rows: list[str] = []
+    for row, _who in results.cells:
+        if row not in rows:
+            rows.append(row)
+    out = ["| measurement | portsentry-sensor | PortSentry 1.2 (Debian) |", "|---|---|---|"]
+    for row in rows:
+        out.append(f"| {row} | {results.cells.get((row, 'ours'), '')} | "
+                   f"{results.cells.get((row, 'portsentry'), '')} |")
+    return "\n".join(out)
+
+
+def git_head() -> str:
+    """Short commit id (and + if the tree has changes)."""
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=False).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "sensor"], capture_output=True,
+                           text=True, check=False).stdout.strip()
+    return head + (" + uncommitted changes in sensor/" if dirty else "")
+
+
+def uptime() -> str:
+    """``uptime`` output."""
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def record(text: str, path: Path) -> None:
+    """Append to RESULTS.md."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse options, run the sections, print and record the table."""
+    parser = argparse.ArgumentParser(description="portsentry-sensor vs PortSentry 1.2 (see bench/README.md)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for iterating (not a result)")
+    parser.add_argument("--only", default="", help=f"comma list of sections: {','.join(SECTIONS)}")
+    parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
+    parser.add_argument("--results", default=str(BENCH / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/run.py needs root (network namespaces, raw sockets)", file=sys.stderr)
+        return 2
+    settings = Settings()
+    if args.quick:
+        settings = Settings(samples=5, http_requests=2_000, spoof4=10_000, spoof6=5_000,
+                            ban_samples=3, full_scan=False)
+    chosen = [s for s in args.only.split(",") if s] or list(SECTIONS)
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(unknown)}")
+    command = "sudo " + shlex.join([".venv/bin/python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])])
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    load_before = uptime()
+    results = Results()
+    ps_root = portsentry_root()
+    journal = Journal().start()
+    failures: list[str] = []
+    try:
+        with Lab(PREFIX) as lab:
+            build_lab(lab)
+            watch = JournalWatch(str(MESSAGE_ID))
+            world = World(lab, watch)
+            try:
+                for name in chosen:
+                    print(f"== {name}", flush=True)
+                    begun = time.monotonic()
+                    try:
+                        SECTIONS[name](world, results, settings)
+                    except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
+                        traceback.print_exc()
+                        failures.append(f"section {name} failed: {type(exc).__name__}: {str(exc)[:300]}")
+                    print(f"   ({time.monotonic() - begun:.0f} s)", flush=True)
+            finally:
+                world.close()
+                watch.close()
+    finally:
+        journal.stop()
+    load_after = uptime()
+    report = table(results)
+    text = (f"\n## Run {started}{' (--quick: sizes reduced, not a result)' if args.quick else ''}\n\n"
+            f"Command: `{command}`  \nTree: {git_head()}  \n"
+            f"PortSentry: Debian package portsentry 1.2, unpacked in {ps_root}  \n"
+            f"Load before: `{load_before}`  \nLoad after: `{load_after}`\n\n{report}\n")
+    if failures:
+        text += "\n" + "\n".join(f"- {f}" for f in failures) + "\n"
+    if results.raw:
+        text += ("\n<details><summary>raw samples (ms / s / kB)</summary>\n\n```json\n"
+                 + json.dumps(results.raw) + "\n```\n</details>\n")
+    print(text)
+    if not args.no_record:
+        record(text, Path(args.results))
+        print(f"appended to {args.results}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
