@@ -112,6 +112,7 @@ def _first_wins(lines: list[SourceLine], path: str, build: _Build) -> dict[str, 
         if line.value is None:
             build.report.append(Finding("dropped", f"{path}:{line.number}", line.key,
                                         "no quotes around the value: PortSentry skipped this line"))
+            build.dropped.append(line.text.strip())
         elif line.key in chosen:
             build.report.append(Finding("dropped", f"{path}:{line.number}", line.key,
                                         f"repeated: PortSentry used line {chosen[line.key].number}"))

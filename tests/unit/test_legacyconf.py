@@ -155,3 +155,15 @@ def test_broken_input_is_one_clear_error(case: str, expected: str, tmp_path: Pat
     message = str(info.value)
     assert expected in message and "\n" not in message
     assert str(ROOTS / case) in message
+
+
+def test_unquoted_value_was_skipped_by_portsentry(tmp_path: Path) -> None:
+    """ConfigTokenRetrieve() skips a value without quotes; so does the import, visibly."""
+    conf = 'SCAN_TRIGGER=3\nTCP_PORTS="1,2"\nUDP_PORTS="7"\n'
+    imported = import_config(conf, "p.conf", 'TCP_MODE="tcp"\nUDP_MODE=""\n', "d", None, "s", None, "i",
+                             str(tmp_path / "portsentry.ignore"))
+    assert imported.config.scan_trigger == 0
+    skipped = next(f for f in imported.report if f.key == "SCAN_TRIGGER")
+    assert skipped.verdict == "dropped" and "no quotes" in skipped.why
+    assert "#   SCAN_TRIGGER=3" in imported.config_text
+    assert imported.config.udp_modes == ()
