@@ -385,12 +385,16 @@ def apply(system: System, leftovers: Leftovers, steps: list[Step], options: Opti
             else:
                 failures += 1
                 _log("failed:", f"{step.text}: {result.err.strip()[:200]}")
-    if leftovers.deny:
-        settings = _legacy_settings(system, options.legacy_conf, [])
-        _apply_hosts_deny(system, when, set(leftovers.records), settings)
-    for path in leftovers.blocked_files:
-        system.rename(path, f"{path}.migrated-{when}")
-        _log("done:", f"{path}: archived as {path}.migrated-{when}")
+    try:
+        if leftovers.deny:
+            settings = _legacy_settings(system, options.legacy_conf, [])
+            _apply_hosts_deny(system, when, set(leftovers.records), settings)
+        for path in leftovers.blocked_files:
+            system.rename(path, f"{path}.migrated-{when}")
+            _log("done:", f"{path}: archived as {path}.migrated-{when}")
+    except OSError as exc:
+        _log("failed:", f"{exc.filename or ''}: {exc.strerror or exc}")
+        failures += 1
     return 1 if failures else 0
 
 

@@ -159,6 +159,17 @@ def test_host_system_finds_processes_by_name() -> None:
     assert HostSystem().pids("no-such-program") == []
 
 
+def test_unwritable_hosts_deny_is_a_failure_not_a_crash(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    system = FakeSystem(root)
+
+    def refuse(path: str, text: str, backup_suffix: str) -> str:
+        raise PermissionError(13, "Permission denied", path)
+    system.write = refuse  # type: ignore[method-assign]
+    assert migrate.migrate_bans(system, Options(), do_apply=True) == 1
+    assert "failed: /etc/hosts.deny: Permission denied" in capsys.readouterr().out
+    assert system.banned == ["203.0.113.10", "203.0.113.12"]
+
+
 def test_recent_days_widens_the_handover(root: Path) -> None:
     system = FakeSystem(root)
     options = Options(recent_days=365 * 30)
