@@ -1,4 +1,8 @@
-"""import-config and migrate-bans commands (sensor/migrate.py) with sample trees and a fake runner."""
+"""import-config and migrate-bans commands (sensor/migrate.py) with sample trees and a fake runner.
+
+Named test_migrate_commands.py, not test_migrate.py: tests/e2e/test_migrate.py has that basename
+(tests/ has no __init__.py, so two test modules may not share one).
+"""
 
 from __future__ import annotations
 
