@@ -1,0 +1,289 @@
+"""The user's story for banning (issue 4, "Done when" 2 and 3).
+
+A sensor runs on the victim; fail2ban runs there too with our jail pack (a private
+server: socket, pidfile, database, log in a temp dir; nftables in the victim
+namespace only).  An attacker scans: it gets banned (the nft set holds it, its TCP
+connections and UDP probes fail), `status portsentry` lists it, and
+`set portsentry unbanip` lets it in again; IPv6 alike.  Coming back again and
+again escalates to a permanent ban that survives a fail2ban restart and that
+`set portsentry unbanip` still lifts.  A forged alert from another local user bans
+nobody.
+
+Test times: bantime 2 s, x3 for the second ban, the 3rd ban within the window is
+permanent.  The jail reads only journal entries with the sensor's _UID and _PID
+(journald sets both): other test sessions may log alerts for the same
+documentation addresses as the same user.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from f2b import Fail2Ban
+from lab import (
+    ATTACKER4,
+    ATTACKER6,
+    SYSTEM_PYTHON,
+    VICTIM4,
+    VICTIM6,
+    Journal,
+    Lab,
+    SensorProcess,
+    run,
+    wait_until,
+    world_readable_dir,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+SERVICE_TCP = 8080   # a real service on the victim: what a banned attacker loses
+SERVICE_UDP = 9999   # a UDP echo service on the victim
+TCP_WATCHED = (1, 79, 111, 143)
+UDP_WATCHED = (7, 69)
+FORGED = "198.51.100.77"  # a third address that forged alerts name
+
+SENSOR_CONF = f"""\
+# portsentry-sensor e2e: the jail pack
+TCP_MODE="tcp"
+UDP_MODE="udp"
+TCP_PORTS="{",".join(map(str, TCP_WATCHED))}"
+UDP_PORTS="{",".join(map(str, UDP_WATCHED))}"
+SCAN_TRIGGER="0"
+SCAN_WINDOW="1"
+SUMMARY_INTERVAL="1"
+SUMMARY_MAX_LINES="10"
+LOG_TARGET="journal"
+"""
+
+UDP_ECHO = f"""
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", {SERVICE_UDP}))
+while True:
+    data, peer = s.recvfrom(512)
+    s.sendto(data, peer)
+"""
+
+TCP_PROBE = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
+except OSError as exc:
+    print(exc); sys.exit(1)
+"""
+
+UDP_PROBE = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.settimeout(1.5)
+try:
+    s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+    sys.exit(0 if s.recv(64) == b"ping" else 1)
+except OSError as exc:
+    print(exc); sys.exit(1)
+"""
+
+
+@dataclass
+class Stack:
+    """The lab with a sensor and fail2ban in the victim."""
+
+    lab: Lab
+    journal: Journal
+    sensor: SensorProcess
+    f2b: Fail2Ban
+    uid: int
+
+
+def jail_local(uid: int, pid: int) -> str:
+    """The test .local: short times, the sensor's _UID (and _PID: see the module docstring)."""
+    return (f"[portsentry]\njournalmatch = _UID={uid} _PID={pid}\n"
+            "bantime = 2\nfindtime = 60\nbantime.multipliers = 1 3\n"
+            "escalate_after = 3\nescalate_window = 1h\n")
+
+
+@pytest.fixture(scope="module")
+def stack(journald: Journal, sensor_user: tuple[str, int, int]) -> Iterator[Stack]:
+    """Victim with a web server, a UDP echo, the sensor and fail2ban; attacker next door."""
+    with Lab("psjail") as lab:
+        lab.serve_tcp(SERVICE_TCP)
+        lab.spawn_victim([SYSTEM_PYTHON, "-c", UDP_ECHO])
+        wait_until(lambda: lab.listening(lab.victim, "udp", SERVICE_UDP), 10)
+        sensor = SensorProcess(lab, SENSOR_CONF, user=sensor_user).start()
+        workdir = world_readable_dir("portsentry-f2b-")
+        f2b = Fail2Ban(lab, workdir, jail_local(sensor_user[1], sensor.pid))
+        try:
+            f2b.start()
+            yield Stack(lab, journald, sensor, f2b, sensor_user[1])
+        finally:
+            f2b.stop()
+            sensor.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def tcp_ok(stack: Stack, address: str, port: int = SERVICE_TCP) -> bool:
+    """A TCP connection from the attacker to the victim's web server succeeds."""
+    return stack.lab.run_attacker([SYSTEM_PYTHON, "-c", TCP_PROBE, address, str(port)]).returncode == 0
+
+
+def udp_ok(stack: Stack, address: str) -> bool:
+    """A UDP probe from the attacker to the victim's echo service gets its answer."""
+    return stack.lab.run_attacker([SYSTEM_PYTHON, "-c", UDP_PROBE, address, str(SERVICE_UDP)]).returncode == 0
+
+
+def scan(stack: Stack, target: str) -> None:
+    """A TCP connect scan of the watched ports (the sensor alerts on the first)."""
+    args = ["-sT", "-p", ",".join(map(str, TCP_WATCHED))]
+    stack.lab.nmap([*args, "-6", target] if ":" in target else [*args, target], timeout=60)
+
+
+def banned_list(stack: Stack) -> list[str]:
+    """The 'Banned IP list' of `fail2ban-client status portsentry`."""
+    match = re.search(r"Banned IP list:\s*(.*)", stack.f2b.status())
+    return match.group(1).split() if match else []
+
+
+def ban_times(stack: Stack) -> dict[str, int]:
+    """`get portsentry banip --with-time`: address -> its bantime in s (-1: permanent).
+
+    A summary alert that arrives while the address is banned prolongs the ban by
+    the time between the two alerts (fail2ban's "already banned" path), so a 2 s
+    ban may read 3.
+    """
+    out = stack.f2b.client("get", "portsentry", "banip", "--with-time").stdout
+    found = {}
+    for line in out.splitlines():
+        match = re.match(r"^(\S+)\s+.*\+\s+(-?\d+)\s+=", line)
+        if match:
+            found[match.group(1)] = int(match.group(2))
+    return found
+
+
+def unbanip(stack: Stack, address: str) -> None:
+    """What the admin types."""
+    stack.f2b.client("set", "portsentry", "unbanip", address)
+
+
+def assert_banned(stack: Stack, address: str) -> None:
+    """In the nft set, in `status portsentry`, and locked out (TCP and UDP)."""
+    assert address in stack.f2b.nft_set(6 if ":" in address else 4)
+    assert address in banned_list(stack)
+    victim = VICTIM6 if ":" in address else VICTIM4
+    assert not tcp_ok(stack, victim), "a banned attacker still connects over TCP"
+    assert not udp_ok(stack, victim), "a banned attacker still gets UDP answers"
+
+
+def assert_free(stack: Stack, address: str) -> None:
+    """Out of the set and the jail, and served again (TCP and UDP)."""
+    stack.f2b.wait_in_set(address, present=False)
+    assert address not in banned_list(stack)
+    victim = VICTIM6 if ":" in address else VICTIM4
+    assert wait_until(lambda: tcp_ok(stack, victim), 5), "unbanned attacker cannot connect"
+    assert udp_ok(stack, victim), "unbanned attacker gets no UDP answer"
+
+
+# --------------------------------------------------------------------------
+
+def test_scan_gets_the_attacker_banned_and_unbanip_lets_it_back(stack: Stack) -> None:
+    """A connect scan from the attacker: banned within seconds; unbanip restores access."""
+    assert tcp_ok(stack, VICTIM4) and udp_ok(stack, VICTIM4), "services unreachable before any scan"
+    started = time.monotonic()
+    scan(stack, VICTIM4)
+    stack.f2b.wait_in_set(ATTACKER4, timeout=15)
+    print(f"scan start to nft set membership: {time.monotonic() - started:.2f} s")
+    assert_banned(stack, ATTACKER4)
+    unbanip(stack, ATTACKER4)
+    assert_free(stack, ATTACKER4)
+
+
+def test_ipv6_attacker_is_banned_too(stack: Stack) -> None:
+    """The same over IPv6: the ip6 set holds the address; unbanip lifts it."""
+    assert tcp_ok(stack, VICTIM6)
+    scan(stack, VICTIM6)
+    stack.f2b.wait_in_set(ATTACKER6, timeout=15)
+    assert_banned(stack, ATTACKER6)
+    assert ATTACKER4 not in stack.f2b.nft_set(4), "an IPv6 scan banned the IPv4 address"
+    unbanip(stack, ATTACKER6)
+    assert_free(stack, ATTACKER6)
+
+
+def test_forged_alerts_from_another_local_user_ban_nobody(stack: Stack) -> None:
+    """logger -t portsentry-sensor and journal.send as 'nobody', naming a third address: no ban."""
+    text = (f"attackalert: src={FORGED} dst={VICTIM4} proto=tcp dport=135 scan=syn mode=atcp "
+            f"verified=yes count=1 TCP SYN scan from host {FORGED} to TCP port 135")
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    cursor = stack.journal.cursor()
+    run([*as_nobody, "logger", "-t", "portsentry-sensor", "-p", "daemon.notice", "--journald"],
+        input=f"MESSAGE={text}\nSYSLOG_IDENTIFIER=portsentry-sensor\n")
+    run([*as_nobody, SYSTEM_PYTHON, "-c",
+         "import sys; from systemd import journal; journal.send(sys.argv[1], "
+         "SYSLOG_IDENTIFIER='portsentry-sensor', MESSAGE_ID='6f0b7d8e3c2a4f1b9d5e8a7c4b3f2e1d', "
+         f"PORTSENTRY_SRC='{FORGED}', _UID='{stack.uid}', _SYSTEMD_UNIT='portsentry-sensor.service')",
+         text])
+    forged = stack.journal.wait_for(cursor, lambda e: FORGED in e.get("MESSAGE", ""), timeout=10)
+    assert len(forged) >= 2, "the forged entries did not reach the journal"
+    assert all(e["_UID"] != str(stack.uid) for e in forged), "journald let a client set _UID"
+    time.sleep(3)  # fail2ban bans within about 1 s of a matching entry
+    assert FORGED not in stack.f2b.nft_set(4)
+    assert FORGED not in banned_list(stack)
+    assert FORGED not in stack.f2b.log_text()
+
+
+def test_repeat_offender_is_banned_for_good_even_across_a_restart(stack: Stack) -> None:
+    """Bans of 2 s, 6 s, then permanent; a restart keeps it; unbanip still lifts it."""
+    for low, high in ((2, 4), (6, 8)):
+        scan(stack, VICTIM4)
+        stack.f2b.wait_in_set(ATTACKER4, timeout=15)
+        time.sleep(0.5)  # the observer raises the bantime right after the ban
+        assert low <= ban_times(stack).get(ATTACKER4, 0) <= high, ban_times(stack)
+        stack.f2b.wait_in_set(ATTACKER4, present=False, timeout=15)  # the ban expires by itself
+    scan(stack, VICTIM4)
+    stack.f2b.wait_in_set(ATTACKER4, timeout=15)
+    assert wait_until(lambda: ban_times(stack).get(ATTACKER4) == -1, 5), ban_times(stack)
+    assert "Permanent ban 192.0.2.2" in stack.f2b.log_text()
+    time.sleep(9)  # longer than any time-limited ban of the ladder
+    assert_banned(stack, ATTACKER4)
+
+    stack.f2b.restart()
+    stack.f2b.wait_in_set(ATTACKER4, timeout=15)
+    assert ban_times(stack).get(ATTACKER4) == -1
+    assert_banned(stack, ATTACKER4)
+
+    unbanip(stack, ATTACKER4)
+    assert_free(stack, ATTACKER4)
+    stack.f2b.restart()
+    time.sleep(1)
+    assert ATTACKER4 not in stack.f2b.nft_set(4), "unbanip did not stick across a restart"
+    assert tcp_ok(stack, VICTIM4)
+
+
+def test_after_unbanip_the_ladder_starts_again(stack: Stack) -> None:
+    """unbanip forgives: the next scan gets the first, short ban again."""
+    scan(stack, VICTIM4)
+    stack.f2b.wait_in_set(ATTACKER4, timeout=15)
+    assert wait_until(lambda: ATTACKER4 in ban_times(stack), 5)
+    time.sleep(0.5)  # the observer would raise the bantime right after the ban
+    assert 2 <= ban_times(stack).get(ATTACKER4, 0) <= 4, ban_times(stack)
+    stack.f2b.wait_in_set(ATTACKER4, present=False, timeout=15)
+
+
+def test_fail2ban_unban_lifts_the_ban_in_every_jail(stack: Stack) -> None:
+    """`fail2ban-client unban IP` (no jail) lifts our ban as well."""
+    scan(stack, VICTIM4)
+    stack.f2b.wait_in_set(ATTACKER4, timeout=15)
+    stack.f2b.client("unban", ATTACKER4)
+    assert_free(stack, ATTACKER4)
+
+
+def test_sensor_alerts_are_what_banned(stack: Stack) -> None:
+    """Every ban came from a sensor alert in the journal (fail2ban's log names the jail and address)."""
+    log = stack.f2b.log_text()
+    assert f"[portsentry] Found {ATTACKER4}" in log and f"[portsentry] Found {ATTACKER6}" in log
+    assert "ERROR" not in log, log
