@@ -125,39 +125,64 @@ def without_lines(text: str, numbers: Iterable[int]) -> str:
 
 @dataclass(frozen=True)
 class RejectRoute:
-    """A reject/blackhole host route to a recorded address."""
+    """A reject/blackhole host route, or a host route via KILL_ROUTE's dead gateway."""
 
     family: int
     kind: str
     address: str
     table: str
     metric: int | None
+    via: str | None = None
 
     def delete_argv(self) -> list[str]:
         """The ``ip route del`` command that removes exactly this route."""
-        argv = ["ip", f"-{self.family}", "route", "del", self.kind, self.address, "table", self.table]
+        argv = ["ip", f"-{self.family}", "route", "del", self.kind, self.address]
+        if self.via is not None:
+            argv += ["via", self.via]
+        argv += ["table", self.table]
         if self.metric is not None:
             argv += ["metric", str(self.metric)]
         return argv
 
     def describe(self) -> str:
         """Human-readable form, as ``ip route`` prints it."""
-        return f"route {self.kind} {self.address} table {self.table}"
+        via = f" via {self.via}" if self.via else ""
+        return f"route {self.kind} {self.address}{via} table {self.table}"
 
 
-def parse_routes(json_text: str, family: int, recorded: Iterable[str]) -> list[RejectRoute]:
-    """Reject-type host routes (``ip -j route show table all``) to recorded addresses."""
+def dead_gateway(kill_route: str) -> str | None:
+    """The gateway of a ``route add [-host] $TARGET$ [gw] G`` KILL_ROUTE, if it is an address."""
+    match = re.search(r"\broute\s+add\s+(?:-host\s+)?\$TARGET\$\s+(?:gw\s+)?(\S+)", kill_route)
+    if match is None or canonical(match.group(1)) is None:
+        return None
+    return canonical(match.group(1))
+
+
+def _route_kind(entry: dict[str, Any], gateway: str | None) -> str | None:
+    """``unreachable``/``prohibit``/``blackhole``, ``unicast`` via the dead gateway, else None."""
+    kind = str(entry.get("type", "unicast"))
+    if kind in REJECT_ROUTE_TYPES:
+        return kind
+    if kind == "unicast" and gateway is not None and entry.get("gateway") == gateway:
+        return kind
+    return None
+
+
+def parse_routes(json_text: str, family: int, recorded: Iterable[str],
+                 gateway: str | None = None) -> list[RejectRoute]:
+    """Host routes (``ip -j route show table all``) PortSentry added for recorded addresses."""
     known = set(recorded)
     entries: Any = json.loads(json_text) if json_text.strip() else []
     found: list[RejectRoute] = []
     for entry in entries:
-        kind, dst = entry.get("type", "unicast"), str(entry.get("dst", ""))
-        address = canonical(dst)
-        if kind not in REJECT_ROUTE_TYPES or address is None or address not in known:
+        kind = _route_kind(entry, gateway)
+        address = canonical(str(entry.get("dst", "")))
+        if kind is None or address is None or address not in known:
             continue
         metric = entry.get("metric")
         found.append(RejectRoute(family, kind, address, str(entry.get("table", "main")),
-                                 int(metric) if metric is not None else None))
+                                 int(metric) if metric is not None else None,
+                                 gateway if kind == "unicast" else None))
     return found
 
 

@@ -244,10 +244,11 @@ def _add(leftovers: Leftovers, kind: str, text: str, argv: list[str], address: s
     leftovers.active.add(address)
 
 
-def _find_routes(system: System, leftovers: Leftovers, recorded: set[str]) -> None:
+def _find_routes(system: System, leftovers: Leftovers, recorded: set[str], kill_route: str) -> None:
+    gateway = legacy.dead_gateway(kill_route)
     for family in (4, 6):
         out = _command(system, ["ip", f"-{family}", "-j", "route", "show", "table", "all"], leftovers)
-        for route in legacy.parse_routes(out or "", family, recorded):
+        for route in legacy.parse_routes(out or "", family, recorded, gateway):
             _add(leftovers, "route", route.describe(), route.delete_argv(), route.address)
 
 
@@ -274,7 +275,7 @@ def collect(system: System, options: Options) -> Leftovers:
     if not recorded:
         return leftovers
     _find_firewall(system, leftovers, recorded)
-    _find_routes(system, leftovers, recorded)
+    _find_routes(system, leftovers, recorded, settings.get("KILL_ROUTE", ""))
     deny_text = system.read(HOSTS_DENY)
     templates = (*legacy.DEFAULT_HOSTS_DENY, settings.get("KILL_HOSTS_DENY", ""))
     leftovers.deny = legacy.parse_hosts_deny(deny_text or "", recorded, templates)

@@ -61,6 +61,24 @@ def test_routes_reject_types_for_recorded_hosts_only() -> None:
         ["ip", "-4", "route", "del", "prohibit", "203.0.113.12", "table", "100"]]
 
 
+def test_dead_gateway_from_kill_route() -> None:
+    assert legacy.dead_gateway("/sbin/route add -host $TARGET$ gw 192.0.2.254") == "192.0.2.254"
+    assert legacy.dead_gateway("/sbin/route add $TARGET$ 192.0.2.253") == "192.0.2.253"
+    assert legacy.dead_gateway("/sbin/route add -host $TARGET$ gw 333.444.555.666") is None
+    assert legacy.dead_gateway("/sbin/route add -host $TARGET$ reject") is None
+    assert legacy.dead_gateway("/sbin/iptables -I INPUT -s $TARGET$ -j DROP") is None
+
+
+def test_routes_via_the_dead_gateway_only() -> None:
+    routes = [{"dst": "203.0.113.10", "gateway": "192.0.2.254", "dev": "eth0", "flags": []},
+              {"dst": "203.0.113.12", "gateway": "192.0.2.1", "dev": "eth0", "flags": []},
+              {"dst": "default", "gateway": "192.0.2.254", "dev": "eth0", "flags": []}]
+    found = legacy.parse_routes(json.dumps(routes), 4, RECORDED, gateway="192.0.2.254")
+    assert [r.delete_argv() for r in found] == [
+        ["ip", "-4", "route", "del", "unicast", "203.0.113.10", "via", "192.0.2.254", "table", "main"]]
+    assert legacy.parse_routes(json.dumps(routes), 4, RECORDED) == []
+
+
 def test_route_v6_keeps_metric() -> None:
     routes = [{"type": "unreachable", "dst": "2001:db8::7", "dev": "lo", "metric": 1024}]
     (route,) = legacy.parse_routes(json.dumps(routes), 6, RECORDED)
