@@ -190,7 +190,8 @@ class Lab:
 
     # -- building ---------------------------------------------------------
     def _new_ns(self, name: str) -> None:
-        delete_netns(name)  # a leftover from a crashed run
+        claim_netns(name)
+        delete_netns(name)  # a leftover from a crashed run (its owner is gone)
         run(["ip", "netns", "add", name])
         self.namespaces.append(name)
         run(["ip", "-n", name, "link", "set", "lo", "up"])
@@ -302,7 +303,27 @@ class Lab:
                 kill_pid(proc)
         for ns in reversed(self.namespaces):
             delete_netns(ns)
+            release_netns(ns)
         self.namespaces.clear()
+
+
+def claim_netns(name: str) -> None:
+    """Record this pytest process as the namespace's owner; refuse one a live session owns."""
+    with _locked():
+        owner = _STATE_DIR / "netns" / name
+        owner.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(owner.read_text())
+            if pid != os.getpid() and _pid_alive(pid):
+                raise RuntimeError(f"network namespace {name} belongs to a running test session "
+                                   f"(PID {pid}); use another Lab prefix or wait for it")
+        owner.write_text(str(os.getpid()))
+
+
+def release_netns(name: str) -> None:
+    """Forget the namespace's owner record."""
+    with _locked():
+        (_STATE_DIR / "netns" / name).unlink(missing_ok=True)
 
 
 def setpriv_args(uid: int, gid: int) -> list[str]:
