@@ -26,6 +26,8 @@ pytestmark = pytest.mark.e2e
 RECENT, RECENT_UDP, OLD, IGNORED = "203.0.113.10", "203.0.113.12", "203.0.113.11", "198.51.100.20"
 RECENT6 = "2001:db8:ff::10"  # PortSentry 2.0 records IPv6 too
 FOREIGN = "192.0.2.99"  # blocked by the admin, never recorded by PortSentry
+FOREIGN_ROUTED = "203.0.113.99"  # routed via the same gateway by the admin
+DEAD_GW = "192.0.2.254"
 JAIL_LOCAL = "[portsentry]\njournalmatch = _UID=2147483000\nbantime = 1h\n"
 
 
@@ -39,6 +41,9 @@ def legacy_root(base: Path) -> Path:
     """/etc/portsentry (how-to setup), /etc/hosts.deny and /var/lib/portsentry."""
     root = base / "root"
     shutil.copytree(REPO_ROOT / "tests/roots/howto-block/etc", root / "etc")
+    conf = root / "etc/portsentry/portsentry.conf"  # the admin once switched to a dead gateway
+    conf.write_text(conf.read_text().replace('KILL_ROUTE="/sbin/route add -host $TARGET$ reject"',
+                                             f'KILL_ROUTE="/sbin/route add -host $TARGET$ gw {DEAD_GW}"'))
     state = root / "var/lib/portsentry"
     state.mkdir(parents=True)
     for name in ("portsentry.history", "portsentry.blocked.atcp", "portsentry.blocked.audp"):
@@ -60,7 +65,8 @@ def block_like_portsentry(lab: Lab) -> None:
     """What KILL_ROUTE / KILL_RUN_CMD did for each recorded address, plus the admin's own rules."""
     commands = [
         ["route", "add", "-host", RECENT, "reject"],
-        ["route", "add", "-host", OLD, "reject"],
+        ["route", "add", "-host", OLD, "gw", DEAD_GW],
+        ["ip", "route", "add", FOREIGN_ROUTED, "via", DEAD_GW],
         ["route", "add", "-host", IGNORED, "reject"],
         ["ip", "route", "add", "blackhole", FOREIGN],
         ["ip", "-6", "route", "add", "unreachable", RECENT6],
@@ -159,6 +165,7 @@ def test_portsentry_blocks_become_expiring_fail2ban_bans(tmp_path: Path, journal
             assert all(f"ALL: {a} : DENY" not in deny for a in (OLD, RECENT, IGNORED, RECENT_UDP))
             # ... and the admin's own blocks are untouched
             assert f"blackhole {FOREIGN}" in after["routes4"]
+            assert f"{FOREIGN_ROUTED} via {DEAD_GW}" in after["routes4"]
             assert f"-A INPUT -s {RECENT}/32 -p tcp -m tcp --dport 22 -j DROP" in after["iptables"]
             assert f"-A INPUT -s {FOREIGN}/32 -j DROP" in after["iptables"]
             assert f"ip saddr {FOREIGN} counter" in after["nft"]
