@@ -174,6 +174,17 @@ def test_unwritable_hosts_deny_is_a_failure_not_a_crash(root: Path, capsys: pyte
     assert system.banned == ["203.0.113.10", "203.0.113.12"]
 
 
+def test_host_system_missing_program_is_127_and_files_live_under_root(tmp_path: Path) -> None:
+    system = HostSystem(str(tmp_path))
+    assert system.run(["portsentry-sensor-no-such-program"]).rc == 127
+    assert system.run(["true"]).rc == 0
+    assert system.read("/etc/hosts.deny") is None
+    (tmp_path / "etc").mkdir()
+    assert system.write("/etc/hosts.deny", "x\n", ".bak") == ""
+    assert system.write("/etc/hosts.deny", "y\n", ".bak") == str(tmp_path / "etc/hosts.deny.bak")
+    assert system.read("/etc/hosts.deny") == "y\n"
+
+
 def test_recent_days_widens_the_handover(root: Path) -> None:
     system = FakeSystem(root)
     options = Options(recent_days=365 * 30)
