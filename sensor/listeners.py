@@ -4,8 +4,11 @@ Each watched port is bound on IPv4 and IPv6 (separate sockets, IPV6_V6ONLY).
 A completed TCP handshake is a ``connect`` probe whose source is proven
 (``verified=yes``); a UDP datagram is a ``udp`` probe (spoofable).  The UDP
 destination address comes from IP_PKTINFO / IPV6_PKTINFO (ip(7), ipv6(7)).
-A port that cannot be bound is skipped and reported; the caller decides
-whether what is left is enough.
+A port that cannot be bound is skipped and reported (once per port when both
+families fail alike); the caller decides whether what is left is enough.
+Binding stops FD_RESERVE descriptors short of RLIMIT_NOFILE, so that accept(),
+the journal socket and the file watch still work under a low ``ulimit -n``
+(getrlimit(2)); lowest ports are bound first, both families together.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import os
+import resource
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +27,8 @@ from sensor.detector import Probe
 
 IP_PKTINFO = 8  # linux/in.h; not exported by Python's socket module
 FAMILIES = ((socket.AF_INET, "0.0.0.0", "IPv4"), (socket.AF_INET6, "::", "IPv6"))
+
+FD_RESERVE = 20  # descriptors left free: accept(), journal, syslog, inotify, raw capture, resolver
 
 OnProbe = Callable[[Probe], None]
 
@@ -46,7 +53,13 @@ def _reason(exc: OSError) -> str:
         return "permission denied (needs CAP_NET_BIND_SERVICE below 1024)"
     if exc.errno == errno.EADDRNOTAVAIL:
         return "address family not available"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return "too many open files (raise LimitNOFILE= / ulimit -n)"
     return exc.strerror or str(exc)
+
+
+def _family_name(family: int) -> str:
+    return next(n for f, _, n in FAMILIES if f == family)
 
 
 def _plain(address: str) -> str:
@@ -54,6 +67,29 @@ def _plain(address: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return str(ip)
+
+
+def fd_budget(reserve: int = FD_RESERVE, fd_dir: str = "/proc/self/fd") -> tuple[int, int] | None:
+    """(sockets that may still be opened, soft RLIMIT_NOFILE); None if unlimited or unknown."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        used = len(os.listdir(fd_dir))
+    except OSError:
+        return None
+    return soft - used - reserve, soft
+
+
+def merge_families(failures: list[BindFailure]) -> list[BindFailure]:
+    """One failure per port and reason ('IPv4, IPv6' when both families failed alike)."""
+    merged: dict[tuple[str, int, str], BindFailure] = {}
+    for failure in failures:
+        key = (failure.proto, failure.port, failure.reason)
+        seen = merged.get(key)
+        merged[key] = failure if seen is None else BindFailure(
+            failure.proto, failure.port, f"{seen.family}, {failure.family}", failure.reason)
+    return sorted(merged.values(), key=lambda f: (f.port, f.proto, f.family))
 
 
 def _bind(family: int, kind: int, host: str, port: int) -> socket.socket:
@@ -131,11 +167,19 @@ class BoundListeners:
         for key in [k for k in self.open if k not in wanted]:
             self._close(key)
         failures: list[BindFailure] = []
-        for key in sorted(wanted - set(self.open)):
+        budget = fd_budget()
+        for key in sorted(wanted - set(self.open), key=lambda k: (k[2], k[0], k[1])):
+            if budget is not None and budget[0] <= 0:
+                failures.append(BindFailure(key[0], key[2], _family_name(key[1]),
+                                            f"file-descriptor limit reached (ulimit -n {budget[1]}, "
+                                            f"{FD_RESERVE} kept free): raise LimitNOFILE="))
+                continue
             failure = await self._open(*key)
             if failure:
                 failures.append(failure)
-        return failures
+            elif budget is not None:
+                budget = (budget[0] - 1, budget[1])
+        return merge_families(failures)
 
     async def _open(self, proto: str, family: int, port: int) -> BindFailure | None:
         host, name = next((h, n) for f, h, n in FAMILIES if f == family)
