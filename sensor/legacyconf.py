@@ -210,7 +210,9 @@ def _modes(build: _Build, defaults_text: str | None, defaults_path: str) -> None
     for key in MODE_KEYS:
         line = found.get(key)
         if line is None or line.value is None:
-            build.report.append(Finding("note", defaults_path, key, "not set: using the default"))
+            build.settings[key] = Setting("off", defaults_path, 0)
+            build.report.append(Finding("changed", defaults_path, key, "not set: PortSentry's init "
+                                        "script did not start this protocol -> off"))
             continue
         value = line.value.strip() or "off"
         why = "mode kept" if line.value.strip() else "empty (PortSentry did not start it) -> off"

@@ -167,3 +167,15 @@ def test_unquoted_value_was_skipped_by_portsentry(tmp_path: Path) -> None:
     assert skipped.verdict == "dropped" and "no quotes" in skipped.why
     assert "#   SCAN_TRIGGER=3" in imported.config_text
     assert imported.config.udp_modes == ()
+
+
+def test_mode_missing_from_etc_default_stays_off(tmp_path: Path) -> None:
+    """The init script starts only the protocols whose mode is set."""
+    conf = 'TCP_PORTS="1,2"\n'
+    imported = import_config(conf, "p.conf", 'TCP_MODE="atcp"\n', "d", None, "s", None, "i",
+                             str(tmp_path / "portsentry.ignore"))
+    assert imported.config.tcp_modes == ("atcp",) and imported.config.udp_modes == ()
+    assert 'UDP_MODE="off"' in imported.config_text
+    with pytest.raises(ConfigError, match="nothing to watch"):
+        import_config(conf, "p.conf", "# no modes at all\n", "d", None, "s", None, "i",
+                      str(tmp_path / "portsentry.ignore"))
