@@ -28,7 +28,8 @@ pytestmark = pytest.mark.package
 PKG = "portsentry-sensor"
 USER = "portsentry-sensor"
 CONFFILES = ("/etc/portsentry-sensor/portsentry.conf", "/etc/portsentry-sensor/portsentry.ignore",
-             "/etc/fail2ban/filter.d/portsentry-sensor.conf", "/etc/fail2ban/jail.d/portsentry.conf")
+             "/etc/fail2ban/filter.d/portsentry-sensor.conf", "/etc/fail2ban/jail.d/portsentry.conf",
+             "/etc/fail2ban/action.d/portsentry-escalate.py")
 # As the unit runs it: the sensor user, only these two capabilities.
 AS_SENSOR = ("setpriv --reuid=portsentry-sensor --regid=portsentry-sensor --init-groups "
              "--inh-caps=-all,+net_bind_service,+net_raw --ambient-caps=-all,+net_bind_service,+net_raw "
