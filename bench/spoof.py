@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netio import Injector, flood_packets  # noqa: E402
+from netio import Injector, flood_packets
 
 
 def _ports(text: str) -> list[int]:
