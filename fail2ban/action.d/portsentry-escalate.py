@@ -15,7 +15,9 @@
 # bans to the jail's maxtime when bantime.increment is on.
 #
 # Uses fail2ban's Python action API (ActionBase), the observer queue and the
-# database object of the jail; written against fail2ban 1.0.2, checked on 1.1.
+# database object of the jail (public attributes, no private ones); written and
+# tested against fail2ban 1.0.2 (Debian 12).  The firewall ban is a separate
+# action: an error here is logged and leaves the ban time-limited, nothing more.
 
 from fail2ban.server.action import ActionBase
 from fail2ban.server.mytime import MyTime
