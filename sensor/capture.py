@@ -30,21 +30,33 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from sensor import bpf
 from sensor.detector import Probe
-from sensor.packet import PROTO_TCP, PROTO_UDP, Malformed, Packet, classify, parse_ipv4, parse_transport
+from sensor.packet import (
+    PROTO_TCP,
+    PROTO_UDP,
+    Malformed,
+    Packet,
+    classify,
+    ipv6_text,
+    parse_ipv4,
+    parse_transport,
+)
 from sensor.portplan import PortPlan
 
 log = logging.getLogger(__name__)
 
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 BATCH = 256                 # packets read per wake-up before yielding to the loop
+RCVBUF = 4 << 20            # asked for; the kernel caps it at net.core.rmem_max
 RECV_SIZE = bpf.SNAPLEN
 _PKTINFO_SPACE = socket.CMSG_SPACE(20)  # struct in6_pktinfo
 _PROTOS = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
 
 
+@lru_cache(maxsize=4096)
 def _norm(address: str) -> str:
     """Canonical text of an address (scope ids and IPv4-mapped forms removed)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -194,6 +206,7 @@ class RawCapture:
             _attach(sock, self._program(endpoint))  # before any read: nothing unfiltered is parsed
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             sock.setblocking(False)
             self._drain(sock)
         except OSError:
@@ -263,9 +276,10 @@ class RawCapture:
     def probe_for(self, packet: Packet) -> Probe | None:
         """The probe a parsed packet is, or None (not watched, not for us, not a scan)."""
         kind = classify(packet.proto, packet.flags)
+        src = packet.src
         if (kind is None or packet.dport not in self.plan.raw_ports(packet.proto)
-                or packet.dst not in self.local or ipaddress.ip_address(packet.src).is_loopback
-                or packet.src in self.local):
+                or packet.dst not in self.local or src in self.local
+                or src.startswith("127.") or src == "::1"):
             return None
         return Probe(src=packet.src, dst=packet.dst, proto=packet.proto, dport=packet.dport,
                      scan=kind.scan, mode=self.plan.raw_mode(packet.proto), verified=False,
@@ -288,5 +302,5 @@ def _pktinfo_destination(ancillary: list[tuple[int, int, bytes]]) -> str:
     """The destination address from an IPV6_PKTINFO control message."""
     for level, kind, data in ancillary:
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
-            return str(ipaddress.IPv6Address(data[:16]))
+            return ipv6_text(data[:16])
     raise Malformed("no IPV6_PKTINFO destination")

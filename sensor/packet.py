@@ -19,7 +19,11 @@ listed; every UDP datagram is ``udp``.
 from __future__ import annotations
 
 import ipaddress
+import socket
+import struct
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 PROTO_TCP = 6
 PROTO_UDP = 17
@@ -36,13 +40,28 @@ _V6_FRAGMENT = 44
 _V6_AUTH = 51
 _V6_MAX_HEADERS = 8
 
+# Header layouts (network byte order) read in one call each: the hot path.
+_IPV4 = struct.Struct("!BxHxxHxBxx4s4s")    # version/IHL, total length, fragment, protocol, src, dst
+_TCP = struct.Struct("!HH8xBB")             # ports, data offset, flags
+_UDP = struct.Struct("!HH")
+
+
+def ipv4_text(raw: bytes) -> str:
+    """Dotted-quad text of 4 address bytes (inet_ntop: ~10x faster than ipaddress)."""
+    return socket.inet_ntop(socket.AF_INET, raw)
+
+
+@lru_cache(maxsize=4096)
+def ipv6_text(raw: bytes) -> str:
+    """RFC 5952 text of 16 address bytes, as :mod:`ipaddress` writes it (cached: scans repeat)."""
+    return str(ipaddress.IPv6Address(raw))
+
 
 class Malformed(ValueError):
     """Bytes that are not a parseable IPv4/IPv6 TCP or UDP packet."""
 
 
-@dataclass(frozen=True)
-class Packet:
+class Packet(NamedTuple):
     """The fields of one inbound TCP segment or UDP datagram that we use."""
 
     src: str
@@ -61,6 +80,9 @@ class Classified:
     flags: str = ""
 
 
+_KNOWN = {name: Classified(name) for name in ("syn", "fin", "null", "xmas", "udp")}
+
+
 def flag_names(flags: int) -> str:
     """TCP flags as ``FIN,URG`` (RFC order), '' for none."""
     return ",".join(name for bit, name in FLAG_NAMES if flags & bit)
@@ -69,51 +91,55 @@ def flag_names(flags: int) -> str:
 def classify(proto: str, flags: int) -> Classified | None:
     """The scan type of a probe, or None for traffic that is not a probe."""
     if proto == "udp":
-        return Classified("udp")
+        return _KNOWN["udp"]
     if proto != "tcp" or flags & NOT_A_PROBE:
         return None
     if flags & ~ECN_BITS == SYN:
-        return Classified("syn")
+        return _KNOWN["syn"]
     if flags == FIN:
-        return Classified("fin")
+        return _KNOWN["fin"]
     if flags == 0:
-        return Classified("null")
+        return _KNOWN["null"]
     if flags == FIN | PSH | URG:
-        return Classified("xmas")
+        return _KNOWN["xmas"]
     return Classified("unknown", flag_names(flags))
 
 
 def parse_transport(data: bytes, proto: int, src: str, dst: str) -> Packet:
     """A TCP or UDP header starting at ``data[0]``."""
+    return parse_transport_at(data, 0, proto, src, dst)
+
+
+def parse_transport_at(data: bytes, offset: int, proto: int, src: str, dst: str) -> Packet:
+    """A TCP or UDP header starting at ``data[offset]``."""
     if proto == PROTO_TCP:
-        if len(data) < 20:
+        if len(data) < offset + 20:
             raise Malformed("truncated TCP header")
-        if data[12] >> 4 < 5:
+        sport, dport, data_offset, flags = _TCP.unpack_from(data, offset)
+        if data_offset >> 4 < 5:
             raise Malformed("TCP data offset below 5")
-        return Packet(src, dst, "tcp", int.from_bytes(data[0:2], "big"),
-                      int.from_bytes(data[2:4], "big"), data[13])
+        return Packet(src, dst, "tcp", sport, dport, flags)
     if proto == PROTO_UDP:
-        if len(data) < 8:
+        if len(data) < offset + 8:
             raise Malformed("truncated UDP header")
-        return Packet(src, dst, "udp", int.from_bytes(data[0:2], "big"),
-                      int.from_bytes(data[2:4], "big"))
+        sport, dport = _UDP.unpack_from(data, offset)
+        return Packet(src, dst, "udp", sport, dport)
     raise Malformed(f"IP protocol {proto} is neither TCP nor UDP")
 
 
 def parse_ipv4(data: bytes) -> Packet:
     """An IPv4 packet with its header (what an AF_INET raw socket returns)."""
-    if len(data) < 20 or data[0] >> 4 != 4:
+    if len(data) < 20:
         raise Malformed("not an IPv4 header")
-    header = (data[0] & 0x0F) * 4
-    if header < 20 or len(data) < header:
-        raise Malformed("bad IPv4 header length")
-    if int.from_bytes(data[6:8], "big") & 0x1FFF:
+    version_ihl, total, fragment, proto, src, dst = _IPV4.unpack_from(data)
+    header = (version_ihl & 0x0F) * 4
+    if version_ihl >> 4 != 4 or header < 20 or len(data) < header:
+        raise Malformed("bad IPv4 version or header length")
+    if fragment & 0x1FFF:
         raise Malformed("IPv4 fragment without transport header")
-    if int.from_bytes(data[2:4], "big") < header + 8:
+    if total < header + 8:
         raise Malformed("IPv4 total length too short")
-    src = str(ipaddress.IPv4Address(data[12:16]))
-    dst = str(ipaddress.IPv4Address(data[16:20]))
-    return parse_transport(data[header:], data[9], src, dst)
+    return parse_transport_at(data, header, proto, ipv4_text(src), ipv4_text(dst))
 
 
 def _skip_v6_extension(data: bytes, offset: int, kind: int) -> tuple[int, int]:
@@ -134,12 +160,11 @@ def parse_ipv6(data: bytes) -> Packet:
     """An IPv6 packet with its header and extension-header chain."""
     if len(data) < 40 or data[0] >> 4 != 6:
         raise Malformed("not an IPv6 header")
-    src = str(ipaddress.IPv6Address(data[8:24]))
-    dst = str(ipaddress.IPv6Address(data[24:40]))
+    src, dst = ipv6_text(data[8:24]), ipv6_text(data[24:40])
     kind, offset = data[6], 40
     for _ in range(_V6_MAX_HEADERS):
         if kind not in _V6_OPTION_HEADERS and kind not in (_V6_FRAGMENT, _V6_AUTH):
-            return parse_transport(data[offset:], kind, src, dst)
+            return parse_transport_at(data, offset, kind, src, dst)
         kind, offset = _skip_v6_extension(data, offset, kind)
     raise Malformed("too many IPv6 extension headers")
 

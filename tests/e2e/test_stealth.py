@@ -1,0 +1,256 @@
+"""The user's story for stealth/advanced detection (issue 3, "Done when" 2).
+
+An admin runs the shipped default, TCP_MODE="atcp" and UDP_MODE="audp", on a
+victim host that also serves HTTP.  Attackers on the same link scan it with
+nmap's raw-packet scans, which never complete a connection and so are never
+seen by bound sockets: SYN, FIN, NULL, XMAS, UDP and SYN over IPv6.  Each
+must appear in the journal with the right PORTSENTRY_SCAN/PORTSENTRY_PROTO and
+verified=no; the web server's clients must never appear, even when the server
+starts after the sensor; a full 65535-port SYN scan must give one alert at
+once and at most SUMMARY_MAX_LINES summaries more.
+
+Every scan type comes from its own attacker namespace (its own source
+address), so the per-source summarising never hides a first alert.  The
+whole module runs twice: ADVANCED_PORTS_* = 1024 (PortSentry's default) and
+65535.  Alerts are selected by the sensor's _PID.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from lab import (
+    ATTACKER4,
+    ATTACKER6,
+    REPO_ROOT,
+    SYSTEM_PYTHON,
+    VICTIM4,
+    VICTIM6,
+    Journal,
+    Lab,
+    SensorProcess,
+    kill_pid,
+)
+
+sys.path.insert(0, str(REPO_ROOT))
+from sensor.alert import MESSAGE_ID
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+SUMMARY_MAX_LINES = 3
+SCAN_WINDOW = 15       # longer than any one scan here; short enough to wait for its end
+EARLY_SERVICE = 880    # a web server running before the sensor starts
+LATE_SERVICE = 990     # a web server started while the sensor runs
+SCANNED = (21, 22, 23, 25, 113, 135, 445, 1000, 40000)   # 113: in ADVANCED_EXCLUDE_TCP
+UDP_SCANNED = (53, 69, 137, 161, 1000, 40000)            # 137: in ADVANCED_EXCLUDE_UDP
+
+# name -> (nmap scan option(s), attacker suffix, IPv4 source, IPv6 source, target, proto, scan)
+SCANS: dict[str, tuple[list[str], str, str, str, str, str, str]] = {
+    "syn": (["-sS"], "s", "192.0.2.11", "2001:db8::11", VICTIM4, "tcp", "syn"),
+    "fin": (["-sF"], "f", "192.0.2.12", "2001:db8::12", VICTIM4, "tcp", "fin"),
+    "null": (["-sN"], "n", "192.0.2.13", "2001:db8::13", VICTIM4, "tcp", "null"),
+    "xmas": (["-sX"], "x", "192.0.2.14", "2001:db8::14", VICTIM4, "tcp", "xmas"),
+    "udp": (["-sU"], "u", "192.0.2.15", "2001:db8::15", VICTIM4, "udp", "udp"),
+    "syn6": (["-6", "-sS"], "6", "192.0.2.16", "2001:db8::16", VICTIM6, "tcp", "syn"),
+}
+FULL4, FULL6 = "192.0.2.20", "2001:db8::20"
+
+CONF = """\
+# portsentry-sensor e2e: advanced modes (the shipped default)
+TCP_MODE="atcp"
+UDP_MODE="audp"
+ADVANCED_PORTS_TCP="{upper}"
+ADVANCED_PORTS_UDP="{upper}"
+SCAN_TRIGGER="0"
+SCAN_WINDOW="{window}"
+SUMMARY_INTERVAL="1"
+SUMMARY_MAX_LINES="{lines}"
+PLAN_REFRESH="1"
+LOG_TARGET="journal"
+"""
+
+# A legitimate client: N HTTP requests over IPv4 and IPv6, each a new connection.
+CLIENT = """
+import sys, urllib.request
+port, count = int(sys.argv[1]), int(sys.argv[2])
+for i in range(count):
+    host = "192.0.2.1" if i % 2 else "[2001:db8::1]"
+    with urllib.request.urlopen(f"http://{host}:{port}/", timeout=5) as reply:
+        assert reply.status == 200
+"""
+
+
+def watched(upper: int, scanned: tuple[int, ...], excluded: tuple[int, ...]) -> set[int]:
+    """Which of ``scanned`` the advanced plan watches (no service runs on them)."""
+    return {p for p in scanned if p <= upper and p not in excluded}
+
+
+# --------------------------------------------------------------------------
+# Fixtures and helpers.
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """Victim with a web server, the client (first attacker) and one attacker per scan."""
+    with Lab("ps3st") as the_lab:
+        for _options, suffix, addr4, addr6, *_rest in SCANS.values():
+            the_lab.add_attacker(suffix, addr4, addr6)
+        the_lab.add_attacker("full", FULL4, FULL6)
+        the_lab.serve_tcp(EARLY_SERVICE)
+        yield the_lab
+
+
+@pytest.fixture(scope="module", params=[1024, 65535], ids=["upper1024", "upper65535"])
+def sensor(request: pytest.FixtureRequest, lab: Lab, journald: Journal,
+           sensor_user: tuple[str, int, int]) -> Iterator[SensorProcess]:
+    """The sensor in atcp+audp mode with ADVANCED_PORTS_* = the parameter."""
+    conf = CONF.format(upper=request.param, lines=SUMMARY_MAX_LINES, window=SCAN_WINDOW)
+    process = SensorProcess(lab, conf, user=sensor_user)
+    process.upper = request.param  # type: ignore[attr-defined]
+    process.cursor = journald.cursor()  # type: ignore[attr-defined]
+    process.start()
+    yield process
+    try:
+        code = process.proc.returncode if process.proc else None
+        assert process.running(), f"sensor exited ({code}) during the tests:\n{process.stderr_text()}"
+        assert "Traceback" not in process.stderr_text(), process.stderr_text()
+    finally:
+        process.close()
+
+
+def alerts(journal: Journal, sensor: SensorProcess, **match: str) -> list[dict[str, Any]]:
+    """This sensor's attack alerts since it started, matching PORTSENTRY_<KEY>=value."""
+    assert sensor.proc is not None
+    wanted = {f"PORTSENTRY_{k.upper()}": v for k, v in match.items()}
+    return [e for e in journal.entries(sensor.cursor, _PID=str(sensor.proc.pid))  # type: ignore[attr-defined]
+            if e.get("MESSAGE_ID") == MESSAGE_ID and all(e.get(k) == v for k, v in wanted.items())]
+
+
+def wait_alerts(journal: Journal, sensor: SensorProcess, until: Callable[[list[dict[str, Any]]], bool],
+                timeout: float = 15, **match: str) -> list[dict[str, Any]]:
+    """Poll until ``until(alerts)`` holds; assert it did; return the alerts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = alerts(journal, sensor, **match)
+        if until(found) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert until(found), (f"alerts {match} never satisfied the condition; got:\n"
+                          + "\n".join(e["MESSAGE"] for e in found)
+                          + f"\nsensor stderr:\n{sensor.stderr_text()}")
+    return found
+
+
+def count(found: list[dict[str, Any]]) -> int:
+    """The highest PORTSENTRY_COUNT (first alert and summaries)."""
+    return max((int(e["PORTSENTRY_COUNT"]) for e in found), default=0)
+
+
+def firsts(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The immediate (non-summary) alerts."""
+    return [e for e in found if e.get("PORTSENTRY_SUMMARY") != "1"]
+
+
+def ports(seq: tuple[int, ...]) -> str:
+    """nmap's -p syntax."""
+    return ",".join(map(str, seq))
+
+
+# --------------------------------------------------------------------------
+# Every raw scan type, IPv4 and IPv6.
+
+@pytest.mark.parametrize("name", list(SCANS))
+def test_each_raw_scan_type_is_reported(name: str, lab: Lab, journald: Journal,
+                                        sensor: SensorProcess) -> None:
+    """nmap -sS/-sF/-sN/-sX/-sU and -6 -sS: scan=, proto=, mode=, verified=no; only watched ports."""
+    options, suffix, addr4, addr6, target, proto, scan = SCANS[name]
+    upper: int = sensor.upper  # type: ignore[attr-defined]
+    scanned = UDP_SCANNED if proto == "udp" else SCANNED
+    expected = watched(upper, scanned, (137,) if proto == "udp" else (113,))
+    src = addr6 if target == VICTIM6 else addr4
+    result = lab.nmap([*options, "-p", ports(scanned), target], ns=f"{lab.prefix}-{suffix}")
+    assert result.returncode == 0, result.stderr
+
+    found = wait_alerts(journald, sensor, lambda f: count(f) >= len(expected), src=src)
+    first = firsts(found)
+    assert len(first) == 1, [e["MESSAGE"] for e in found]
+    assert first[0]["MESSAGE"].startswith(f"attackalert: src={src} dst={target} proto={proto} ")
+    for entry in found:
+        assert entry["PORTSENTRY_PROTO"] == proto
+        assert entry["PORTSENTRY_SCAN"] == scan
+        assert entry["PORTSENTRY_MODE"] == ("audp" if proto == "udp" else "atcp")
+        assert entry["PORTSENTRY_VERIFIED"] == "no"
+        assert entry["PORTSENTRY_DST"] == target
+        assert int(entry["PORTSENTRY_DPORT"]) in expected
+    assert count(found) == len(expected)
+
+
+# --------------------------------------------------------------------------
+# Real services are never reported.
+
+def run_client(lab: Lab, port: int, requests: int) -> None:
+    """A legitimate client in the first attacker namespace (192.0.2.2 / 2001:db8::2)."""
+    result = lab.run_attacker([SYSTEM_PYTHON, "-c", CLIENT, str(port), str(requests)], timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_clients_of_a_running_web_server_are_never_reported(lab: Lab, journald: Journal,
+                                                            sensor: SensorProcess) -> None:
+    """200 HTTP requests (IPv4 and IPv6) to a service inside the watched range: no alert."""
+    run_client(lab, EARLY_SERVICE, 200)
+    time.sleep(1.5)
+    assert not alerts(journald, sensor, src=ATTACKER4) + alerts(journald, sensor, src=ATTACKER6)
+    assert not alerts(journald, sensor, dport=str(EARLY_SERVICE))
+
+
+def test_a_web_server_started_after_the_sensor_is_never_reported(lab: Lab, journald: Journal,
+                                                                 sensor: SensorProcess) -> None:
+    """Clients hit the new server at once, before the next plan refresh: still no alert."""
+    server = lab.serve_tcp(LATE_SERVICE)
+    try:
+        run_client(lab, LATE_SERVICE, 40)
+        time.sleep(2.5)   # > PLAN_REFRESH: the plan has dropped the port by now
+        run_client(lab, LATE_SERVICE, 40)
+        time.sleep(1.5)
+    finally:
+        kill_pid(server)
+    assert not alerts(journald, sensor, src=ATTACKER4) + alerts(journald, sensor, src=ATTACKER6)
+    assert not alerts(journald, sensor, dport=str(LATE_SERVICE))
+
+
+# --------------------------------------------------------------------------
+# A full scan is one alert at once and a bounded number of lines.
+
+def test_a_full_syn_scan_is_one_alert_at_once_and_a_bounded_number_of_lines(
+        lab: Lab, journald: Journal, sensor: SensorProcess) -> None:
+    """nmap -sS -p 1-65535: the first alert within 2 s, then <= SUMMARY_MAX_LINES summaries."""
+    upper: int = sensor.upper  # type: ignore[attr-defined]
+    ns = f"{lab.prefix}-full"
+    started = time.monotonic()
+    scan = lab.spawn_in(ns, ["nmap", "-n", "-Pn", "-sS", "-T4", "--max-retries", "1",
+                             "--host-timeout", "200s", "-p", "1-65535", VICTIM4],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_alerts(journald, sensor, lambda f: len(f) >= 1, timeout=10, src=FULL4)
+    first_after = time.monotonic() - started
+    out, err = scan.communicate(timeout=220)
+    assert scan.returncode == 0, err
+    scan_seconds = time.monotonic() - started
+    assert scan_seconds < SCAN_WINDOW - 2, "the scan outlasted one window: make SCAN_WINDOW longer"
+    time.sleep(SCAN_WINDOW - scan_seconds + 2.5)   # the window has closed: its last line is out
+
+    found = alerts(journald, sensor, src=FULL4)
+    lines = [e["MESSAGE"] for e in found]
+    assert len(firsts(found)) == 1, lines
+    assert len(found) <= 1 + SUMMARY_MAX_LINES, lines
+    assert first_after < 2.0, f"first alert after {first_after:.2f} s"
+    counts = [int(e["PORTSENTRY_COUNT"]) for e in found]
+    assert counts == sorted(counts) and counts[0] == 1, lines
+    watched_ports = upper - 2 - 1   # 1..upper minus ADVANCED_EXCLUDE_TCP (113, 139) minus the web server
+    print(f"full scan ({upper}): {scan_seconds:.1f} s, first alert after {first_after:.2f} s, "
+          f"{len(found)} journal lines, last count {counts[-1]} of {watched_ports} watched ports")
+    assert counts[-1] >= 0.5 * watched_ports, lines   # under a flood the count is a lower bound
+    assert all(int(e["PORTSENTRY_DPORT"]) <= upper for e in found)
