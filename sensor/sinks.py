@@ -58,7 +58,9 @@ class JournalSink:
         return self.send is not None and os.path.exists(self.socket_path)
 
     def write(self, message: str, fields: dict[str, str]) -> bool:
-        if self.send is None:
+        # libsystemd's sd_journal_send() returns success when the socket file is
+        # missing (ENOENT: "fail silently"), so a gone journald would eat alerts.
+        if self.send is None or not os.path.exists(self.socket_path):
             return False
         try:
             self.send(message, **fields)
