@@ -1,0 +1,129 @@
+"""fail2ban/action.d/portsentry-escalate.py with fail2ban's own database and ban list.
+
+The e2e tests show the ladder end to end; this pins the counting rules without a
+server: only this jail's bans within the window count, the Nth one turns the
+current ticket permanent and the database says so (what a restart restores),
+restored tickets and re-bans change nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+
+fail2ban = pytest.importorskip("fail2ban", reason="fail2ban is not installed (tools/setup-env installs it)")
+from fail2ban.server.banmanager import BanManager  # noqa: E402
+from fail2ban.server.database import Fail2BanDb  # noqa: E402
+from fail2ban.server.mytime import MyTime  # noqa: E402
+from fail2ban.server.ticket import BanTicket  # noqa: E402
+
+ACTION = Path(__file__).resolve().parents[2] / "fail2ban" / "action.d" / "portsentry-escalate.py"
+ADDR = "198.51.100.7"
+
+
+def load_action() -> ModuleType:
+    """Import the action file as fail2ban does (by path)."""
+    spec = importlib.util.spec_from_file_location("portsentry_escalate", ACTION)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeJail:
+    """What the action touches of a jail: name, database, actions.banManager, getBanTime()."""
+
+    def __init__(self, name: str, database: Fail2BanDb) -> None:
+        self.name = name
+        self.database = database
+        self.actions = SimpleNamespace(banManager=BanManager(), getBanTime=lambda: 600)
+        self.actions.banManager.setBanTime(600)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Fail2BanDb:
+    """A fresh fail2ban sqlite database."""
+    return Fail2BanDb(str(tmp_path / "f2b.sqlite3"))
+
+
+def ban(jail: FakeJail, action: Any, when: float, restored: bool = False) -> BanTicket:
+    """What fail2ban does for one ban: ban list, database record, then our action."""
+    ticket = BanTicket(ADDR, when)
+    ticket.restored = restored
+    jail.actions.banManager.addBanTicket(ticket)
+    jail.database.addJail(jail)
+    jail.database.addBan(jail, ticket)
+    info = {"restored": 1 if restored else 0, "bantime": ticket.getBanTime(600), "fid": ADDR}
+    action.ban(info)
+    return ticket
+
+
+def unban(jail: FakeJail) -> None:
+    """The ban expired: out of the ban list (the database keeps its record)."""
+    jail.actions.banManager.getTicketByID(ADDR)
+
+
+def test_third_ban_within_the_window_is_permanent_and_recorded(db: Fail2BanDb) -> None:
+    module = load_action()
+    jail = FakeJail("portsentry", db)
+    action = module.Action(jail, "portsentry-escalate", after="3", window="1h")
+    now = MyTime.time()
+    for offset in (-1200, -600):
+        assert ban(jail, action, now + offset).getBanTime() is None
+        unban(jail)
+    ticket = ban(jail, action, now)
+    assert ticket.getBanTime() == -1
+    restored = db.getCurrentBans(jail=jail, ip=ADDR, correctBanTime=False)
+    assert restored is not None and restored.getBanTime() == -1
+
+
+def test_bans_older_than_the_window_do_not_count(db: Fail2BanDb) -> None:
+    module = load_action()
+    jail = FakeJail("portsentry", db)
+    action = module.Action(jail, "portsentry-escalate", after="3", window="1h")
+    now = MyTime.time()
+    for offset in (-7300, -7200):
+        ban(jail, action, now + offset)
+        unban(jail)
+    assert ban(jail, action, now).getBanTime() is None
+
+
+def test_other_jails_do_not_count(db: Fail2BanDb) -> None:
+    module = load_action()
+    sshd = FakeJail("sshd", db)
+    jail = FakeJail("portsentry", db)
+    action = module.Action(jail, "portsentry-escalate", after="2", window="1h")
+    other = module.Action(sshd, "portsentry-escalate", after="99", window="1h")
+    ban(sshd, other, MyTime.time() - 60)
+    assert ban(jail, action, MyTime.time()).getBanTime() is None
+
+
+def test_restored_tickets_and_rebans_change_nothing(db: Fail2BanDb) -> None:
+    module = load_action()
+    jail = FakeJail("portsentry", db)
+    action = module.Action(jail, "portsentry-escalate", after="1", window="1h")
+    assert ban(jail, action, MyTime.time(), restored=True).getBanTime() is None
+    action.reban({"restored": 0, "bantime": 600, "fid": ADDR})
+    assert next(iter(jail.actions.banManager)).getBanTime() is None
+
+
+def test_bad_parameters_are_refused() -> None:
+    module = load_action()
+    jail = SimpleNamespace(name="portsentry", database=None)
+    with pytest.raises(ValueError):
+        module.Action(jail, "portsentry-escalate", after="0", window="1h")
+
+
+def test_no_database_no_escalation() -> None:
+    module = load_action()
+    jail = SimpleNamespace(name="portsentry", database=None,
+                           actions=SimpleNamespace(banManager=BanManager()))
+    action = module.Action(jail, "portsentry-escalate", after="1", window="1h")
+    ticket = BanTicket(ADDR, MyTime.time())
+    jail.actions.banManager.addBanTicket(ticket)
+    action.ban({"restored": 0, "bantime": 600, "fid": ADDR})
+    assert ticket.getBanTime() is None
