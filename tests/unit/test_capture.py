@@ -1,0 +1,177 @@
+"""The raw-socket backend (sensor.capture): decisions, reading, socket lifecycle.
+
+Decisions and reading are tested with fake sockets; the lifecycle test opens
+real raw sockets (needs CAP_NET_RAW) but never sends anything.  The kernel
+filter's verdicts are tested in tests/unit/test_bpf.py and the whole path with
+nmap in tests/e2e/test_stealth.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+
+from sensor.capture import PortsInUse, RawCapture, _Endpoint, _pktinfo_destination, parse_socket_ports
+from sensor.detector import Probe
+from sensor.packet import ACK, FIN, PSH, SYN, URG, Packet
+from sensor.portplan import PortPlan
+
+PROC = Path(__file__).resolve().parents[1] / "roots" / "proc" / "advanced"
+PLAN = PortPlan(tcp_raw=frozenset(range(1, 1025)) - {22}, udp_raw=frozenset({161}),
+                tcp_raw_mode="atcp", udp_raw_mode="sudp")
+LOCAL = ("192.0.2.1", "2001:db8::1", "127.0.0.1", "::1")
+
+
+def capture(in_use: set[int] | None = None) -> tuple[RawCapture, list[Probe]]:
+    """A capture with PLAN and LOCAL, collecting probes; ``in_use`` ports are live services."""
+    probes: list[Probe] = []
+    busy = in_use or set()
+    raw = RawCapture(probes.append, ports_in_use=lambda proto, port: port in busy)
+    raw.set_plan(PLAN)
+    raw.set_local(LOCAL)
+    return raw, probes
+
+
+def test_a_syn_to_a_watched_port_is_one_unverified_probe() -> None:
+    raw, probes = capture()
+    raw.handle(Packet("198.51.100.7", "192.0.2.1", "tcp", 40000, 135, SYN))
+    assert probes == [Probe("198.51.100.7", "192.0.2.1", "tcp", 135, "syn", "atcp", False, "")]
+    assert raw.stats["probes"] == 1
+
+
+def test_unknown_flag_combinations_carry_their_flags() -> None:
+    raw, probes = capture()
+    raw.handle(Packet("2001:db8::7", "2001:db8::1", "tcp", 40000, 1000, FIN | URG))
+    raw.handle(Packet("2001:db8::7", "2001:db8::1", "tcp", 40000, 1001, FIN | PSH | URG))
+    raw.handle(Packet("198.51.100.7", "192.0.2.1", "udp", 40000, 161))
+    assert [(p.scan, p.flags, p.mode) for p in probes] == [
+        ("unknown", "FIN,URG", "atcp"), ("xmas", "", "atcp"), ("udp", "", "sudp")]
+
+
+@pytest.mark.parametrize("packet", [
+    Packet("198.51.100.7", "192.0.2.1", "tcp", 40000, 22, SYN),           # a real service
+    Packet("198.51.100.7", "192.0.2.1", "tcp", 40000, 2000, SYN),         # above the bound
+    Packet("198.51.100.7", "192.0.2.1", "udp", 40000, 53),                # UDP not watched
+    Packet("198.51.100.7", "192.0.2.1", "tcp", 40000, 135, SYN | ACK),    # established traffic
+    Packet("198.51.100.7", "192.0.2.255", "tcp", 40000, 135, SYN),        # not one of our addresses
+    Packet("127.0.0.1", "127.0.0.1", "tcp", 40000, 135, SYN),             # loopback
+    Packet("::1", "2001:db8::1", "tcp", 40000, 135, SYN),
+    Packet("192.0.2.1", "192.0.2.1", "tcp", 40000, 135, SYN),             # ourselves
+])
+def test_packets_that_are_not_probes_are_ignored(packet: Packet) -> None:
+    raw, probes = capture()
+    raw.handle(packet)
+    assert probes == [] and raw.stats["ignored"] == 1
+
+
+def test_a_port_that_a_service_took_since_the_plan_is_not_reported() -> None:
+    raw, probes = capture(in_use={880})
+    raw.handle(Packet("198.51.100.7", "192.0.2.1", "tcp", 40000, 880, SYN))
+    assert probes == [] and raw.stats["in_use"] == 1
+
+
+def test_socket_tables_list_every_local_port_in_any_state() -> None:
+    assert parse_socket_ports((PROC / "net" / "tcp").read_text()) == {22, 443, 631, 37630}
+    assert parse_socket_ports((PROC / "net" / "udp").read_text()) == {53, 5353, 40000}
+    assert parse_socket_ports("header\n 0: nonsense\n 1: 0:ZZ\n") == set()
+
+
+def test_ports_in_use_sees_connected_client_sockets() -> None:
+    """A DNS reply to a resolver's connected socket (port 40000) is no UDP scan."""
+    live = PortsInUse(str(PROC))
+    assert live("udp", 40000) and live("udp", 123) and not live("udp", 161)
+    assert live("tcp", 8080) and not live("tcp", 135)
+    assert live.reads == 2
+
+
+def test_ports_in_use_rereads_at_most_once_per_interval() -> None:
+    live = PortsInUse(str(PROC), min_interval=3600)
+    for port in range(100):
+        live("tcp", port)
+    assert live.reads == 1
+    eager = PortsInUse(str(PROC), min_interval=0)
+    eager("tcp", 1)
+    eager._interval["tcp"] = 0.0
+    eager("tcp", 2)
+    assert eager.reads == 2
+
+
+def test_pktinfo_gives_the_ipv6_destination() -> None:
+    info = socket.inet_pton(socket.AF_INET6, "2001:db8::1") + struct.pack("I", 2)
+    assert _pktinfo_destination([(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info)]) == "2001:db8::1"
+    with pytest.raises(ValueError):
+        _pktinfo_destination([])
+
+
+class FakeSocket:
+    """Returns queued datagrams, then EAGAIN."""
+
+    def __init__(self, datagrams: list[bytes], v6_source: str = "2001:db8::7") -> None:
+        self.datagrams = datagrams
+        self.v6_source = v6_source
+
+    def recv(self, size: int) -> bytes:
+        if not self.datagrams:
+            raise BlockingIOError
+        return self.datagrams.pop(0)[:size]
+
+    def recvmsg(self, size: int, ancsize: int) -> tuple[bytes, list[tuple[int, int, bytes]], int, tuple[str, int]]:
+        data = self.recv(size)
+        info = socket.inet_pton(socket.AF_INET6, "2001:db8::1") + struct.pack("I", 2)
+        return data, [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info)], 0, (self.v6_source, 0)
+
+
+def tcp_header(dport: int, flags: int) -> bytes:
+    """A 20-byte TCP header."""
+    return struct.pack("!HHIIBBHHH", 40000, dport, 1, 0, 0x50, flags, 1024, 0, 0)
+
+
+def ipv4_tcp(dport: int, flags: int) -> bytes:
+    """IPv4 198.51.100.7 -> 192.0.2.1 + TCP."""
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, 6, 0,
+                       bytes([198, 51, 100, 7]), bytes([192, 0, 2, 1]))
+    return head + tcp_header(dport, flags)
+
+
+def test_reading_counts_packets_and_malformed_and_never_raises() -> None:
+    raw, probes = capture()
+    sock = FakeSocket([ipv4_tcp(135, SYN), b"\x45garbage", b"", ipv4_tcp(136, FIN)])
+    raw._readable(_Endpoint(sock, socket.AF_INET, "tcp"))  # type: ignore[arg-type]
+    assert [p.dport for p in probes] == [135, 136]
+    assert raw.stats["packets"] == 4 and raw.stats["malformed"] == 2
+
+
+def test_reading_ipv6_takes_the_destination_from_pktinfo() -> None:
+    raw, probes = capture()
+    sock = FakeSocket([tcp_header(1000, 0), tcp_header(1000, SYN)[:10]], v6_source="fe80::7%eth0")
+    raw._readable(_Endpoint(sock, socket.AF_INET6, "tcp"))  # type: ignore[arg-type]
+    assert probes == [Probe("fe80::7", "2001:db8::1", "tcp", 1000, "null", "atcp", False, "")]
+    assert raw.stats["malformed"] == 1
+
+
+@pytest.mark.skipif(not RawCapture.is_supported(), reason="needs CAP_NET_RAW")
+def test_sockets_follow_the_plan_and_close_on_stop() -> None:
+    """Opens raw sockets for the raw modes in the plan (receive only: nothing is sent)."""
+    async def scenario() -> list[int]:
+        raw = RawCapture(lambda probe: None)
+        raw.start(asyncio.get_running_loop())
+        counts = [len(raw.endpoints)]
+        raw.set_plan(PortPlan(tcp_raw=frozenset({135}), tcp_raw_mode="stcp"))
+        counts.append(len(raw.endpoints))
+        raw.set_plan(PLAN)
+        counts.append(len(raw.endpoints))
+        kept = {e.sock.fileno() for e in raw.endpoints if e.proto == "tcp"}
+        raw.set_plan(PortPlan(udp_raw=frozenset({161}), udp_raw_mode="sudp"))
+        counts.append(len(raw.endpoints))
+        assert not kept & {e.sock.fileno() for e in raw.endpoints if e.proto == "tcp"}
+        raw.stop()
+        counts.append(len(raw.endpoints))
+        return counts
+
+    counts = asyncio.run(scenario())
+    assert counts[0] == 0 and counts[-1] == 0
+    assert counts[1] in (1, 2) and counts[2] == 2 * counts[1] and counts[3] == counts[1]
