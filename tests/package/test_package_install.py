@@ -183,6 +183,38 @@ def wait_ready(sock: socket.socket, proc: subprocess.Popen[str], timeout: float 
     return messages
 
 
+def capabilities(pid: str) -> tuple[int, int, int]:
+    """(uid, CapEff, CapBnd) of a process, from /proc/PID/status."""
+    fields = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":\t" in line)
+    return int(fields["Uid"].split()[0]), int(fields["CapEff"], 16), int(fields["CapBnd"], 16)
+
+
+def test_init_script_runs_the_sensor_where_systemd_is_not_init(installed: Installed) -> None:
+    """Without systemd as PID 1 the init script starts the sensor as the unit would."""
+    root = installed.root
+    pidfile = root.file("/run/portsentry-sensor.pid")
+    try:
+        root.sh("unshare --net /etc/init.d/portsentry-sensor start", timeout=60)
+        pid = pidfile.read_text().strip()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and capabilities(pid)[0] == 0:
+            time.sleep(0.1)
+        uid, effective, bounding = capabilities(pid)
+        assert uid == int(root.sh(f"id -u {USER}").stdout)
+        net_caps = (1 << 10) | (1 << 13)  # CAP_NET_BIND_SERVICE, CAP_NET_RAW
+        assert effective == net_caps and bounding == net_caps, (hex(effective), hex(bounding))
+        assert root.sh("/etc/init.d/portsentry-sensor status", check=False).returncode == 0
+        root.sh("/etc/init.d/portsentry-sensor reload", timeout=60)
+        time.sleep(0.5)
+        assert Path(f"/proc/{pid}").exists(), "the sensor died on reload"
+        root.sh("/etc/init.d/portsentry-sensor stop", timeout=60)
+        assert not Path(f"/proc/{pid}").exists() and not pidfile.exists()
+    finally:
+        if pidfile.exists():
+            subprocess.run(["kill", "-9", pidfile.read_text().strip()], check=False)
+
+
 def test_reinstall_keeps_an_edited_conffile(installed: Installed, deb: Path) -> None:
     root = installed.root
     conf = root.file("/etc/portsentry-sensor/portsentry.conf")
