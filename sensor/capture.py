@@ -45,6 +45,7 @@ from sensor.packet import (
     parse_transport,
 )
 from sensor.portplan import PortPlan
+from sensor.sockdiag import listening_tcp_ports
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,9 @@ class PortsInUse:
         self.reads = 0
 
     def _refresh(self, proto: str, now: float) -> None:
-        ports: set[int] = set()
-        for name in (proto, f"{proto}6"):
+        fast = listening_tcp_ports() if proto == "tcp" and self.proc == "/proc" else None
+        ports: set[int] = fast if fast is not None else set()
+        for name in (proto, f"{proto}6") if fast is None else ():
             try:
                 with open(f"{self.proc}/net/{name}", encoding="ascii") as handle:
                     ports |= parse_socket_ports(handle.read())
