@@ -9,6 +9,7 @@ restored tickets and re-bans change nothing.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -26,11 +27,15 @@ ADDR = "198.51.100.7"
 
 
 def load_action() -> ModuleType:
-    """Import the action file as fail2ban does (by path)."""
+    """Import the action file as fail2ban does (by path), leaving no __pycache__ in the pack."""
     spec = importlib.util.spec_from_file_location("portsentry_escalate", ACTION)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    saved, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = saved
     return module
 
 
