@@ -30,6 +30,7 @@ DEFAULT_OUTPUT = "/etc/fail2ban/jail.d/portsentry.local"
 DEFAULT_LOGPATH = "/var/log/syslog"
 SENSOR_USER = "portsentry-sensor"
 TEMPLATE = "portsentry.local.j2"
+RUN_SYSTEMD = "/run/systemd/system"
 BACKENDS = ("systemd", "file")
 MODES = ("all", "verified")
 # fail2ban's dbpurgeage default (Debian 12): older bans are forgotten.
@@ -124,7 +125,7 @@ def render(choices: JailChoices, template_dir: Path | None = None) -> str:
     return re.sub(r"\n{3,}", "\n\n", text)
 
 
-def default_journalmatch(run_systemd: str = "/run/systemd/system", user: str = SENSOR_USER) -> str:
+def default_journalmatch(run_systemd: str = RUN_SYSTEMD, user: str = SENSOR_USER) -> str:
     """Empty (the shipped unit match) under systemd; else the sensor user's _UID."""
     if os.path.isdir(run_systemd):
         return ""
@@ -183,6 +184,9 @@ def handle(args: argparse.Namespace) -> int:
     except JailConfigError as exc:
         print(f"portsentry-sensor: fail2ban-config: {exc}", file=sys.stderr)
         return 2
+    if choices.backend == "systemd" and not choices.journalmatch and not os.path.isdir(RUN_SYSTEMD):
+        warnings.append(f"systemd is not running: the shipped journalmatch (_SYSTEMD_UNIT=) will match "
+                        f"nothing; pass --journalmatch _UID=<uid of {SENSOR_USER}>")
     for warning in warnings:
         print(f"portsentry-sensor: warning: {warning}", file=sys.stderr)
     text = render(choices)

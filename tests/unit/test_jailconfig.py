@@ -141,3 +141,12 @@ def test_unwritable_output_is_one_line_exit_1(sensor_conf: Path, tmp_path: Path,
     out = tmp_path / "no-such-dir" / "portsentry.local"
     assert _run(["-c", str(sensor_conf), "-o", str(out), "--write"]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_warns_when_nothing_would_match(sensor_conf: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No systemd, no sensor user: the unit match would never match; say so."""
+    monkeypatch.setattr(jailconfig, "RUN_SYSTEMD", str(tmp_path / "no-systemd"))
+    assert _run(["-c", str(sensor_conf), "-o", str(tmp_path / "x.local"), "--journalmatch", "unit"]) == 0
+    assert "will match nothing" in capsys.readouterr().err
