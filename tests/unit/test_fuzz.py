@@ -8,7 +8,9 @@ type: Malformed for packets, ConfigError for configuration, IgnoreFileError for
 the ignore list, and those messages are one line that starts with the file's
 path (the admin reads it in the journal).  Budgets are fixed
 (``max_examples``) and ``deadline=None`` so the suite's time is predictable
-on CI's two cores; ``derandomize`` keeps a CI run reproducible.
+on CI's two cores; ``derandomize`` keeps a CI run reproducible.  For a deeper
+search on demand: ``PORTSENTRY_FUZZ_EXAMPLES=20000 pytest tests/unit/test_fuzz.py``
+(then runs are random, not derandomized).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from sensor.ignore import IgnoreFileError, IgnoreList, parse_ignore
 from sensor.packet import Malformed, Packet, classify, parse_ip, parse_ipv4, parse_ipv6, parse_transport
 from sensor.portplan import PortPlan
 
-FUZZ = settings(max_examples=200, deadline=None, derandomize=True,
+DEEP = int(os.environ.get("PORTSENTRY_FUZZ_EXAMPLES", "0"))
+FUZZ = settings(max_examples=DEEP or 200, deadline=None, derandomize=not DEEP, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 PATH = "/etc/portsentry-sensor/portsentry.conf"
 IGNORE_PATH = "/etc/portsentry-sensor/portsentry.ignore"
@@ -140,7 +143,7 @@ def test_transport_parser_raises_only_malformed(data: bytes, proto: int, src: st
     assert packet.proto == {6: "tcp", 17: "udp"}[proto]
 
 
-@settings(FUZZ, max_examples=120)
+@settings(FUZZ, max_examples=DEEP or 120)
 @given(st.lists(packets, min_size=1, max_size=12))
 def test_packets_end_as_valid_alert_lines_or_nothing(batch: list[bytes]) -> None:
     """The whole raw path: any packets -> capture -> detector -> format_alert never raises."""
