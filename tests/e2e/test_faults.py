@@ -474,8 +474,16 @@ def test_every_port_taken_exits_1_with_a_clear_error(
 class LimitedSensor(SensorProcess):
     """The sensor started under ``prlimit --nofile=64`` (the limit is inherited through exec)."""
 
+    NOFILE = 64
+
     def command(self) -> list[str]:
-        return ["prlimit", "--nofile=64:64", "--", *super().command()]
+        return ["prlimit", f"--nofile={self.NOFILE}:{self.NOFILE}", "--", *super().command()]
+
+
+class StarvedSensor(LimitedSensor):
+    """So few descriptors that the reserve leaves none for a tripwire."""
+
+    NOFILE = 24
 
 
 FD_TCP = range(6001, 6041)      # 40 ports: 80 sockets
@@ -517,6 +525,19 @@ def test_fd_limit_64_degrades_clearly_and_still_detects(
     assert_healthy(sensor)
     assert "out of system resource" not in sensor.stderr_text()
     assert sensor.stop() == 0
+
+
+def test_fd_limit_too_low_for_any_port_exits_1_naming_the_limit(
+        lab: Lab, journald: Journal, start_sensor: StartSensor) -> None:
+    """`ulimit -n 24`: nothing can be bound with descriptors kept free; exit 1, warnings name the limit."""
+    cursor = journald.cursor()
+    sensor = start_sensor(conf(TCP_PORTS="6001-6003", UDP_MODE="off"), wait_ready=False, cls=StarvedSensor)
+    assert sensor.proc is not None
+    assert sensor.proc.wait(30) == 1, sensor.stderr_text()
+    assert "portsentry-sensor: no port could be watched" in sensor.stderr_text()
+    assert "Traceback" not in sensor.stderr_text(), sensor.stderr_text()
+    warnings = [m for m in all_messages(journald, cursor, sensor) if "not watched" in m]
+    assert len(warnings) == 3 and all("ulimit -n 24" in w for w in warnings), warnings
 
 
 # --------------------------------------------------------------------------
