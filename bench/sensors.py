@@ -191,9 +191,20 @@ def pids_named(comm: str, netns: str) -> list[int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all threads), in seconds."""
+    """utime + stime of a process (all threads), in seconds (clock-tick resolution)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ns(pid: int) -> int:
+    """Time on CPU of every live thread of a process, in ns (/proc/PID/task/*/schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def memory_kb(pid: int, key: str) -> int:
