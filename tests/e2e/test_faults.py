@@ -123,6 +123,24 @@ def all_messages(journal: Journal, cursor: str, sensor: SensorProcess) -> list[s
     return journal_messages(journal, cursor, sensor) + stderr_messages(sensor)
 
 
+def messages_when(journal: Journal, cursor: str, sensor: SensorProcess,
+                  enough: Callable[[list[str]], bool], timeout: float = 10) -> list[str]:
+    """This sensor's lines once ``enough(lines)`` holds (journald indexes a little after the send)."""
+    found: list[str] = []
+
+    def check() -> bool:
+        found[:] = all_messages(journal, cursor, sensor)
+        return enough(found)
+
+    wait_until(check, timeout, step=0.2)
+    return found
+
+
+def said(text: str) -> Callable[[list[str]], bool]:
+    """Predicate: some line contains ``text``."""
+    return lambda lines: any(text in line for line in lines)
+
+
 def attack_lines(messages: list[str], src: str | None = None) -> list[str]:
     """The attackalert lines (optionally of one source)."""
     head = f"attackalert: src={src} " if src else "attackalert: "
@@ -398,10 +416,11 @@ def test_a_burst_of_10000_probes_makes_a_bounded_number_of_lines(
     time.sleep(2.5)                         # two summary intervals: the mid-window summary is out
     assert_healthy(sensor)
     assert sensor.stop() == 0               # closes the window: the last summary line
-    lines = attack_lines(all_messages(journald, cursor, sensor), ATTACKER4)
+    everything = messages_when(journald, cursor, sensor, said("adminalert: stopped"))
+    lines = attack_lines(everything, ATTACKER4)
     assert 1 <= len(lines) <= 1 + max_lines, "\n".join(lines)
     assert max(int(field(line, "count")) for line in lines) == len(BURST_PORTS), "\n".join(lines)
-    assert attack_lines(all_messages(journald, cursor, sensor)) == lines  # no other source appeared
+    assert attack_lines(everything) == lines  # no other source appeared
     assert sent < 30
 
 
@@ -428,7 +447,8 @@ def test_ports_taken_by_real_services_are_reported_once_each_and_the_rest_is_wat
         sensor = start_sensor(conf(TCP_PORTS="5001,5002,5010,5011", UDP_PORTS="5003,5012"))
         status = [n for n in sensor.notifications if n.startswith("STATUS=")]
         assert status and "tcp 2 ports bound" in status[0] and "udp 1 port bound" in status[0], status
-        warnings = [m for m in all_messages(journald, cursor, sensor) if "not watched" in m]
+        everything = messages_when(journald, cursor, sensor, said("adminalert: started"))
+        warnings = [m for m in everything if "not watched" in m]
         for proto, port in (("TCP", 5001), ("TCP", 5002), ("UDP", 5003)):
             about = [w for w in warnings if f"{proto} port {port} " in w]
             assert len(about) == 1, f"{proto} {port}: {about}"
@@ -461,7 +481,8 @@ def test_every_port_taken_exits_1_with_a_clear_error(
         assert len(errors) == 1 and errors[0].startswith("portsentry-sensor: "), sensor.stderr_text()
         assert "Traceback" not in sensor.stderr_text()
         assert "READY=1" not in sensor.notifications
-        warnings = [m for m in all_messages(journald, cursor, sensor) if "not watched" in m]
+        everything = messages_when(journald, cursor, sensor, lambda ms: sum("not watched" in m for m in ms) >= 2)
+        warnings = [m for m in everything if "not watched" in m]
         assert {w.split(" not watched")[0].split("TCP port ")[1].split()[0] for w in warnings} == {"5001", "5002"}
     finally:
         for service in services:
@@ -502,7 +523,8 @@ def test_fd_limit_64_degrades_clearly_and_still_detects(
     bound = sensor_sockets(lab, pid)
     wanted = {(p, f, n) for p, ports in (("tcp", FD_TCP), ("udp", FD_UDP)) for n in ports for f in ("IPv4", "IPv6")}
     assert bound and bound < wanted
-    warnings = [m for m in all_messages(journald, cursor, sensor) if "not watched" in m]
+    everything = messages_when(journald, cursor, sensor, said("adminalert: started"))
+    warnings = [m for m in everything if "not watched" in m]
     for proto, family, port in wanted - bound:
         assert any(f"{proto.upper()} port {port} " in w and family in w for w in warnings), \
             (proto, family, port, warnings)
@@ -536,7 +558,8 @@ def test_fd_limit_too_low_for_any_port_exits_1_naming_the_limit(
     assert sensor.proc.wait(30) == 1, sensor.stderr_text()
     assert "portsentry-sensor: no port could be watched" in sensor.stderr_text()
     assert "Traceback" not in sensor.stderr_text(), sensor.stderr_text()
-    warnings = [m for m in all_messages(journald, cursor, sensor) if "not watched" in m]
+    everything = messages_when(journald, cursor, sensor, lambda ms: sum("not watched" in m for m in ms) >= 3)
+    warnings = [m for m in everything if "not watched" in m]
     assert len(warnings) == 3 and all("ulimit -n 24" in w for w in warnings), warnings
 
 
@@ -588,16 +611,26 @@ def test_sighup_storm_leaves_one_consistent_config_and_no_leaked_sockets(
         time.sleep(0.005)
 
     def settled() -> bool:
+        """No reload under way, and the last one took the final config."""
         notes = sensor.notifications
-        return notes.count("READY=1") == notes.count("RELOADING=1") + 1
+        status = [n for n in notes if n.startswith("STATUS=")]
+        return (notes.count("READY=1") == notes.count("RELOADING=1") + 1
+                and "tcp 3 ports bound" in status[-1])
     assert wait_until(settled, 30), sensor.notifications[-10:]
+    reloads = sensor.notifications.count("RELOADING=1")
+    time.sleep(1.0)                     # nothing more was still queued
+    assert settled() and sensor.notifications.count("RELOADING=1") == reloads, sensor.notifications[-10:]
     assert_healthy(sensor)
     assert sensor_sockets(lab, pid) == expected
     status = [n for n in sensor.notifications if n.startswith("STATUS=")][-1]
     assert "tcp 3 ports bound" in status and "udp 1 port bound" in status, status
     assert wait_until(lambda: fd_summary(pid) == before, 10), (before, fd_summary(pid))
 
-    messages = all_messages(journald, cursor, sensor)
+    def final_reload_logged(lines: list[str]) -> bool:
+        reloads = [m for m in lines if "configuration reloaded" in m]
+        return bool(reloads) and "tcp 3 ports bound" in reloads[-1]
+
+    messages = messages_when(journald, cursor, sensor, final_reload_logged)
     reloaded = [m for m in messages if "configuration reloaded" in m]
     assert 1 <= len(reloaded) <= 100 and "tcp 3 ports bound" in reloaded[-1], reloaded[-3:]
     assert not [m for m in messages if "reload failed" in m]
