@@ -17,6 +17,7 @@ documentation addresses as the same user.
 
 from __future__ import annotations
 
+import pwd
 import re
 import shutil
 import time
@@ -234,6 +235,18 @@ def test_forged_alerts_from_another_local_user_ban_nobody(stack: Stack) -> None:
     assert FORGED not in stack.f2b.nft_set(4)
     assert FORGED not in banned_list(stack)
     assert FORGED not in stack.f2b.log_text()
+    # The text itself passes the filter: it is the trusted journal field that keeps it out,
+    # the test's _UID= as much as the packaged _SYSTEMD_UNIT=.
+    assert FORGED in journal_matches(stack, f"_UID={pwd.getpwnam('nobody').pw_uid}")
+    assert FORGED not in journal_matches(stack, f"_UID={stack.uid}")
+    assert FORGED not in journal_matches(stack, "_SYSTEMD_UNIT=portsentry-sensor.service")
+
+
+def journal_matches(stack: Stack, journalmatch: str) -> set[str]:
+    """Addresses our filter yields from the whole journal under one journalmatch (fail2ban-regex)."""
+    out = run(["fail2ban-regex", "-c", str(stack.f2b.confdir), "-m", journalmatch, "-o", "<ip>",
+               "systemd-journal", "portsentry-sensor"], timeout=120).stdout
+    return set(out.split())
 
 
 def test_repeat_offender_is_banned_for_good_even_across_a_restart(stack: Stack) -> None:
