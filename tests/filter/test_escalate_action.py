@@ -9,6 +9,7 @@ restored tickets and re-bans change nothing.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -16,11 +17,14 @@ from typing import Any
 
 import pytest
 
-fail2ban = pytest.importorskip("fail2ban", reason="fail2ban is not installed (tools/setup-env installs it)")
-from fail2ban.server.banmanager import BanManager  # noqa: E402
-from fail2ban.server.database import Fail2BanDb  # noqa: E402
-from fail2ban.server.mytime import MyTime  # noqa: E402
-from fail2ban.server.ticket import BanTicket  # noqa: E402
+if importlib.util.find_spec("fail2ban") is None:
+    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+        raise ImportError("fail2ban is not installed in CI (tools/setup-env installs it)")
+    pytest.skip("fail2ban is not installed (tools/setup-env installs it)", allow_module_level=True)
+from fail2ban.server.banmanager import BanManager
+from fail2ban.server.database import Fail2BanDb
+from fail2ban.server.mytime import MyTime
+from fail2ban.server.ticket import BanTicket
 
 ACTION = Path(__file__).resolve().parents[2] / "fail2ban" / "action.d" / "portsentry-escalate.py"
 ADDR = "198.51.100.7"
