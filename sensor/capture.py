@@ -44,7 +44,7 @@ from sensor.packet import (
     parse_ipv4,
     parse_transport,
 )
-from sensor.portplan import PortPlan
+from sensor.portplan import TCP_LISTEN, PortPlan
 from sensor.sockdiag import listening_tcp_ports
 
 log = logging.getLogger(__name__)
@@ -66,21 +66,28 @@ def _norm(address: str) -> str:
     return str(ip)
 
 
-def parse_socket_ports(text: str) -> set[int]:
-    """Local ports of every socket in a /proc/net/{tcp,udp}[6] table, any state."""
+def parse_socket_ports(text: str, state: str | None = None) -> set[int]:
+    """Local ports in a /proc/net/{tcp,udp}[6] table: every socket, or those in ``state``."""
     ports: set[int] = set()
     for line in text.splitlines()[1:]:
-        parts = line.split(None, 2)
-        if len(parts) >= 2 and ":" in parts[1]:
-            try:
-                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-            except ValueError:
-                continue
+        parts = line.split(None, 4)
+        if len(parts) < 4 or ":" not in parts[1] or (state and parts[3] != state):
+            continue
+        try:
+            ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+        except ValueError:
+            continue
     return ports
 
 
 class PortsInUse:
-    """Live view of local ports with a socket; re-read at most every few ms.
+    """Live view of ports real services use: TCP LISTEN, UDP any socket.
+
+    TCP counts listeners only: a SYN to a port with no listener is a probe even
+    if a TIME_WAIT or outgoing connection uses that port number.  UDP counts
+    every socket, connected ones included: a DNS reply to a resolver's
+    ephemeral port is not a UDP scan, though the plan (unconnected sockets
+    only, refreshed every PLAN_REFRESH) may list that port as watched.
 
     The minimum interval between re-reads is ten times the last read's cost
     (at least ``min_interval``), so a scan burst costs at most ~10% CPU in
@@ -101,7 +108,7 @@ class PortsInUse:
         for name in (proto, f"{proto}6") if fast is None else ():
             try:
                 with open(f"{self.proc}/net/{name}", encoding="ascii") as handle:
-                    ports |= parse_socket_ports(handle.read())
+                    ports |= parse_socket_ports(handle.read(), TCP_LISTEN if proto == "tcp" else None)
             except OSError:
                 continue
         cost = time.monotonic() - now

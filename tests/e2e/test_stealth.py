@@ -57,8 +57,11 @@ SCANS: dict[str, tuple[list[str], str, str, str, str, str, str]] = {
     "xmas": (["-sX"], "x", "192.0.2.14", "2001:db8::14", VICTIM4, "tcp", "xmas"),
     "udp": (["-sU"], "u", "192.0.2.15", "2001:db8::15", VICTIM4, "udp", "udp"),
     "syn6": (["-6", "-sS"], "6", "192.0.2.16", "2001:db8::16", VICTIM6, "tcp", "syn"),
+    "finurg": (["--scanflags", "URGFIN"], "k", "192.0.2.17", "2001:db8::17", VICTIM4, "tcp", "unknown"),
 }
 FULL4, FULL6 = "192.0.2.20", "2001:db8::20"
+ACK4, ACK6 = "192.0.2.21", "2001:db8::21"          # ACK-family scans: never a probe
+RETURN4, RETURN6 = "192.0.2.22", "2001:db8::22"    # probes a service's port after it stopped
 
 CONF = """\
 # portsentry-sensor e2e: advanced modes (the shipped default)
@@ -100,6 +103,8 @@ def lab() -> Iterator[Lab]:
         for _options, suffix, addr4, addr6, *_rest in SCANS.values():
             the_lab.add_attacker(suffix, addr4, addr6)
         the_lab.add_attacker("full", FULL4, FULL6)
+        the_lab.add_attacker("ack", ACK4, ACK6)
+        the_lab.add_attacker("ret", RETURN4, RETURN6)
         the_lab.serve_tcp(EARLY_SERVICE)
         yield the_lab
 
@@ -186,7 +191,19 @@ def test_each_raw_scan_type_is_reported(name: str, lab: Lab, journald: Journal,
         assert entry["PORTSENTRY_VERIFIED"] == "no"
         assert entry["PORTSENTRY_DST"] == target
         assert int(entry["PORTSENTRY_DPORT"]) in expected
+        if scan == "unknown":
+            assert "TCP unknown-flags (FIN,URG) scan" in entry["MESSAGE"]
     assert count(found) == len(expected)
+
+
+def test_ack_family_scans_are_not_probes(lab: Lab, journald: Journal, sensor: SensorProcess) -> None:
+    """nmap -sA, -sW, -sM (ACK, window, FIN/ACK): established-looking traffic, dropped in the kernel."""
+    for options in (["-sA"], ["-sW"], ["-sM"], ["-6", "-sA"]):
+        target = VICTIM6 if "-6" in options else VICTIM4
+        result = lab.nmap([*options, "-p", ports(SCANNED), target], ns=f"{lab.prefix}-ack")
+        assert result.returncode == 0, result.stderr
+    time.sleep(1.5)
+    assert not alerts(journald, sensor, src=ACK4) + alerts(journald, sensor, src=ACK6)
 
 
 # --------------------------------------------------------------------------
@@ -220,6 +237,11 @@ def test_a_web_server_started_after_the_sensor_is_never_reported(lab: Lab, journ
         kill_pid(server)
     assert not alerts(journald, sensor, src=ATTACKER4) + alerts(journald, sensor, src=ATTACKER6)
     assert not alerts(journald, sensor, dport=str(LATE_SERVICE))
+
+    time.sleep(2.5)   # > PLAN_REFRESH: the port is watched again
+    lab.nmap(["-sS", "-p", str(LATE_SERVICE), VICTIM4], ns=f"{lab.prefix}-ret")
+    found = wait_alerts(journald, sensor, lambda f: len(f) >= 1, src=RETURN4)
+    assert found[0]["PORTSENTRY_DPORT"] == str(LATE_SERVICE)
 
 
 # --------------------------------------------------------------------------

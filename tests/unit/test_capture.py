@@ -76,6 +76,7 @@ def test_a_port_that_a_service_took_since_the_plan_is_not_reported() -> None:
 
 def test_socket_tables_list_every_local_port_in_any_state() -> None:
     assert parse_socket_ports((PROC / "net" / "tcp").read_text()) == {22, 443, 631, 37630}
+    assert parse_socket_ports((PROC / "net" / "tcp").read_text(), "0A") == {22, 443, 631}
     assert parse_socket_ports((PROC / "net" / "udp").read_text()) == {53, 5353, 40000}
     assert parse_socket_ports("header\n 0: nonsense\n 1: 0:ZZ\n") == set()
 
@@ -85,6 +86,7 @@ def test_ports_in_use_sees_connected_client_sockets() -> None:
     live = PortsInUse(str(PROC))
     assert live("udp", 40000) and live("udp", 123) and not live("udp", 161)
     assert live("tcp", 8080) and not live("tcp", 135)
+    assert not live("tcp", 37630)   # a connection's port, no listener: a SYN there is a probe
     assert live.reads == 2
 
 
