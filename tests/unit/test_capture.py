@@ -14,6 +14,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sensor.capture import PortsInUse, RawCapture, _Endpoint, _pktinfo_destination, parse_socket_ports
 from sensor.detector import Probe
@@ -177,3 +179,14 @@ def test_sockets_follow_the_plan_and_close_on_stop() -> None:
     counts = asyncio.run(scenario())
     assert counts[0] == 0 and counts[-1] == 0
     assert counts[1] in (1, 2) and counts[2] == 2 * counts[1] and counts[3] == counts[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=80), max_size=20), st.sampled_from([socket.AF_INET, socket.AF_INET6]),
+       st.sampled_from(["tcp", "udp"]))
+def test_random_datagrams_are_counted_never_raised(datagrams: list[bytes], family: int, proto: str) -> None:
+    raw, probes = capture()
+    raw._readable(_Endpoint(FakeSocket(list(datagrams)), family, proto))  # type: ignore[arg-type]
+    assert raw.stats["packets"] == len(datagrams)
+    assert raw.stats["malformed"] + raw.stats["ignored"] + raw.stats["probes"] == len(datagrams)
+    assert len(probes) == raw.stats["probes"]
