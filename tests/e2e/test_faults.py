@@ -566,7 +566,7 @@ def test_fd_limit_too_low_for_any_port_exits_1_naming_the_limit(
 # --------------------------------------------------------------------------
 # 5. A SIGHUP storm.
 
-STORM_A = {"TCP_PORTS": "7001-7010", "UDP_PORTS": "7101-7105"}
+STORM_A = {"TCP_MODE": "stcp", "UDP_MODE": "sudp", "TCP_PORTS": "7001-7010", "UDP_PORTS": "7101-7105"}  # raw sockets
 STORM_B = {"TCP_PORTS": "7005-7020", "UDP_PORTS": "7103-7110"}
 STORM_FINAL = {"TCP_PORTS": "7001,7003,7030", "UDP_PORTS": "7130"}
 
@@ -592,7 +592,7 @@ def fd_summary(pid: int) -> dict[str, int]:
 
 def test_sighup_storm_leaves_one_consistent_config_and_no_leaked_sockets(
         lab: Lab, journald: Journal, start_sensor: StartSensor) -> None:
-    """100 SIGHUPs while the config flips between two port sets: the last config, the same fds as before."""
+    """100 SIGHUPs while the config flips (stealth, bound): the last config holds, the same fds as before."""
     sensor = start_sensor(conf(**STORM_FINAL))
     pid = pid_of(sensor)
     expected = {(p, f, n) for p, ports in (("tcp", (7001, 7003, 7030)), ("udp", (7130,)))
@@ -608,7 +608,7 @@ def test_sighup_storm_leaves_one_consistent_config_and_no_leaked_sockets(
         if i == 99:
             write_atomically(sensor, conf(**STORM_FINAL))
         sensor.reload()
-        time.sleep(0.005)
+        time.sleep(0.01)
 
     def settled() -> bool:
         """No reload under way, and the last one took the final config."""
@@ -633,6 +633,8 @@ def test_sighup_storm_leaves_one_consistent_config_and_no_leaked_sockets(
     messages = messages_when(journald, cursor, sensor, final_reload_logged)
     reloaded = [m for m in messages if "configuration reloaded" in m]
     assert 1 <= len(reloaded) <= 100 and "tcp 3 ports bound" in reloaded[-1], reloaded[-3:]
+    assert any("stcp 10 ports" in m for m in reloaded), reloaded      # the raw capture came and went
+    assert any("tcp 16 ports bound" in m for m in reloaded), reloaded
     assert not [m for m in messages if "reload failed" in m]
     connect(lab, VICTIM6, (7030,))
     found = journald.wait_for(cursor, lambda e: e.get("MESSAGE_ID") == MESSAGE_ID, 10, _PID=str(pid))
