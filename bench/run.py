@@ -163,6 +163,7 @@ class World:
         self.mac = victim_mac(lab)
         self.injector = netio.Injector(lab.attacker, self.mac)
         self.ours = OurSensor(lab, journal)
+        self.ours.message_id = str(MESSAGE_ID)
         self.ps = PortSentry(lab, [VICTIM4, VICTIM6])
         self.grid_attackers: list[tuple[str, str, str]] = []
         # Sources for single samples: outside the flood's range and different in every run
@@ -478,8 +479,8 @@ def memory_run(world: World, target: Contender, settings: Settings, who: str, re
 
 
 def section_memory(world: World, results: Results, settings: Settings) -> None:
-    """RSS under a spoofed flood (both log to a harness /dev/log; see sensors.py)."""
-    start_ours(world, ("atcp", "audp"), log_target="syslog")
+    """RSS under a spoofed flood: ours logs to a journald of its own, PortSentry to a harness /dev/log."""
+    start_ours(world, ("atcp", "audp"), log_target="private-journal")
     try:
         memory_run(world, world.ours, settings, "ours", results)
     finally:

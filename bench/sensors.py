@@ -96,11 +96,13 @@ class SyslogSocket:
 class JournalWatch:
     """Collects our attack alerts from the journal as they arrive (Reader.wait in a thread)."""
 
-    def __init__(self, message_id: str) -> None:
+    def __init__(self, message_id: str, path: str | None = None) -> None:
         from systemd import journal
         self.entries: list[dict[str, Any]] = []
         self._cond = threading.Condition()
-        self._reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int, "MESSAGE_ID": str})
+        converters = {"__REALTIME_TIMESTAMP": int}
+        self._reader = (journal.Reader(converters=converters) if path is None
+                        else journal.Reader(path=path, converters=converters))
         self._reader.add_match(MESSAGE_ID=message_id)
         self._reader.seek_tail()
         self._reader.get_previous()
@@ -165,6 +167,21 @@ def private_mounts_script(work: Path, syslog_path: str, overlay_etc: bool) -> st
         lines.append(f"mount -t overlay benchetc -o lowerdir=/etc,upperdir={work}/etc-up,"
                      f"workdir={work}/etc-work /etc")
     return "\n".join(lines)
+
+
+def private_journald_script(work: Path) -> str:
+    """Shell lines: a journald of our own (sockets on a tmpfs, files in work/jrun) for this mount ns."""
+    return "\n".join([
+        "set -e",
+        "mount -t tmpfs -o mode=755,size=16m benchjsock /run/systemd/journal",
+        f"mount --bind {shlex.quote(str(work / 'jrun'))} /run/log/journal",
+        f"mount --bind {shlex.quote(str(work / 'jvar'))} /var/log/journal",
+        # ip netns exec mounts a fresh /sys without cgroups; journald exits without one.
+        "mountpoint -q /sys/fs/cgroup || mount -t cgroup2 benchcg /sys/fs/cgroup",
+        "/lib/systemd/systemd-journald </dev/null >/dev/null 2>&1 &",
+        f"echo $! > {shlex.quote(str(work / 'journald.pid'))}",
+        "i=0; while [ ! -S /run/systemd/journal/socket ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
+    ])
 
 
 def netns_inode(name: str) -> int:
@@ -393,14 +410,21 @@ class OurSensor:
         self.proc: subprocess.Popen[Any] | None = None
         self.pids: list[int] = []
         self.log_target = "journal"
+        self.private: JournalWatch | None = None
+        self.message_id = ""
 
     def start(self, modes: Sequence[str], tcp_ports: str, udp_ports: str, advanced_tcp: int = 1024,
               advanced_udp: int = 1024, log_target: str = "journal", extra: str = "") -> None:
-        """Start; wait for READY=1.  ``log_target="syslog"`` logs to the harness socket instead."""
+        """Start; wait for READY=1.
+
+        ``log_target="syslog"`` logs to the harness socket instead of the journal;
+        ``"private-journal"`` to a journald of its own in a private mount namespace.
+        """
         conf = self.work / "portsentry.conf"
         ignore = self.work / "portsentry.ignore"
         ignore.write_text("")
-        conf.write_text(our_config(modes, tcp_ports, udp_ports, advanced_tcp, advanced_udp, log_target,
+        target = "journal" if log_target == "private-journal" else log_target
+        conf.write_text(our_config(modes, tcp_ports, udp_ports, advanced_tcp, advanced_udp, target,
                                    extra + f'\nIGNORE_FILE="{ignore}"'))
         for path in (conf, ignore):
             path.chmod(0o644)
@@ -408,9 +432,15 @@ class OurSensor:
         self.notify.messages.clear()
         _, uid, gid = self.user
         cmd = [*setpriv_args(uid, gid), SYSTEM_PYTHON, "-m", "sensor", "run", "--config", str(conf)]
-        if log_target == "syslog":
-            (self.work / "dev").mkdir(exist_ok=True)
-            script = private_mounts_script(self.work, self.syslog.path, overlay_etc=False)
+        if log_target in ("syslog", "private-journal"):
+            if log_target == "syslog":
+                (self.work / "dev").mkdir(exist_ok=True)
+                script = private_mounts_script(self.work, self.syslog.path, overlay_etc=False)
+            else:
+                for sub in ("jrun", "jvar"):
+                    shutil.rmtree(self.work / sub, ignore_errors=True)
+                    (self.work / sub).mkdir()
+                script = private_journald_script(self.work)
             cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
                    script + "\ncd " + shlex.quote(str(REPO_ROOT)) + "\nexec " + shlex.join(cmd)]
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": str(REPO_ROOT),
@@ -421,6 +451,11 @@ class OurSensor:
         if not self.notify.wait_for(lambda m: m == "READY=1", 30, abort=lambda: proc.poll() is not None):
             raise RuntimeError(f"our sensor sent no READY=1:\n{self.stderr_text()[-3000:]}")
         self.pids = [proc.pid]
+        if self.private is not None:
+            self.private.close()
+            self.private = None
+        if log_target == "private-journal":
+            self.private = JournalWatch(self.message_id, str(self.work / "jrun"))
 
     def stderr_text(self) -> str:
         """The sensor's stderr so far."""
@@ -434,8 +469,24 @@ class OurSensor:
         statuses = [m for m in self.notify.messages if m.startswith("STATUS=")]
         return statuses[-1][7:] if statuses else ""
 
+    def journald_pid(self) -> int | None:
+        """The private journald's PID, if one was started."""
+        try:
+            return int((self.work / "journald.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
     def stop(self) -> None:
-        """SIGTERM (it flushes its summaries) and wait."""
+        """SIGTERM (it flushes its summaries) and wait; stop a private journald after it."""
+        self._stop_sensor()
+        pid = self.journald_pid()
+        if pid is not None:
+            if self.private is not None:
+                time.sleep(1.0)  # let the last entries land before journald goes
+            kill_pids([pid])
+            (self.work / "journald.pid").unlink(missing_ok=True)
+
+    def _stop_sensor(self) -> None:
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGTERM)
@@ -448,10 +499,14 @@ class OurSensor:
 
     def mark(self) -> int:
         """Index into the current log target's lines."""
+        if self.log_target == "private-journal" and self.private is not None:
+            return self.private.mark()
         return self.syslog.mark() if self.log_target == "syslog" else self.journal.mark()
 
     def lines(self, start: int = 0) -> list[Line]:
         """Attack alert lines since ``start``."""
+        if self.log_target == "private-journal" and self.private is not None:
+            return self.private.lines(self.pids, start)
         if self.log_target == "syslog":
             found = []
             for at, text in self.syslog.lines(start):
@@ -464,6 +519,8 @@ class OurSensor:
     def close(self) -> None:
         """Stop, close sockets, remove our files."""
         self.stop()
+        if self.private is not None:
+            self.private.close()
         self.notify.close()
         self.syslog.close()
         shutil.rmtree(self.work, ignore_errors=True)
