@@ -25,6 +25,7 @@ import asyncio
 import ctypes
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import time
@@ -78,6 +79,16 @@ def parse_socket_ports(text: str, state: str | None = None) -> set[int]:
         except ValueError:
             continue
     return ports
+
+
+def parse_raw_drops(text: str, inodes: set[int]) -> int:
+    """Sum of the ``drops`` column of /proc/net/raw[6] rows whose inode is in ``inodes``."""
+    total = 0
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 13 and parts[9].isdigit() and int(parts[9]) in inodes and parts[12].isdigit():
+            total += int(parts[12])
+    return total
 
 
 class PortsInUse:
@@ -173,7 +184,7 @@ class RawCapture:
         self.endpoints: list[_Endpoint] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stats: dict[str, int] = {"packets": 0, "probes": 0, "malformed": 0,
-                                      "ignored": 0, "in_use": 0, "errors": 0}
+                                      "ignored": 0, "in_use": 0, "errors": 0, "dropped": 0}
 
     # -- configuration -------------------------------------------------
     def set_plan(self, plan: PortPlan) -> None:
@@ -191,8 +202,23 @@ class RawCapture:
         self.loop = loop
         self._sync_endpoints()
 
+    def kernel_drops(self, proc: str = "/proc") -> int:
+        """Packets the kernel dropped on our full receive queues; also kept in stats["dropped"]."""
+        inodes = {os.fstat(e.sock.fileno()).st_ino for e in self.endpoints}
+        total = 0
+        for name in ("raw", "raw6"):
+            try:
+                with open(f"{proc}/net/{name}", encoding="ascii") as handle:
+                    total += parse_raw_drops(handle.read(), inodes)
+            except OSError:
+                continue
+        self.stats["dropped"] = total
+        return total
+
     def stop(self) -> None:
-        """Stop reading and close every socket."""
+        """Stop reading and close every socket (stats["dropped"] is updated first)."""
+        if self.endpoints:
+            self.kernel_drops()
         for endpoint in self.endpoints:
             self._close(endpoint)
         self.endpoints = []

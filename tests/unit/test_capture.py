@@ -17,7 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor.capture import PortsInUse, RawCapture, _Endpoint, _pktinfo_destination, parse_socket_ports
+from sensor.capture import (
+    PortsInUse,
+    RawCapture,
+    _Endpoint,
+    _pktinfo_destination,
+    parse_raw_drops,
+    parse_socket_ports,
+)
 from sensor.detector import Probe
 from sensor.packet import ACK, FIN, PSH, SYN, URG, Packet
 from sensor.portplan import PortPlan
@@ -157,6 +164,20 @@ def test_reading_ipv6_takes_the_destination_from_pktinfo() -> None:
     assert raw.stats["malformed"] == 1
 
 
+RAW_TABLE = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  77: 00000000:0006 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 409833 2 0000000070e7ca45 17
+  78: 00000000:0011 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 409835 2 0000000070e7ca46 5
+  79: garbage
+"""
+
+
+def test_kernel_drops_are_read_for_our_sockets_only() -> None:
+    assert parse_raw_drops(RAW_TABLE, {409833}) == 17
+    assert parse_raw_drops(RAW_TABLE, {409833, 409835}) == 22
+    assert parse_raw_drops(RAW_TABLE, set()) == 0
+
+
 @pytest.mark.skipif(not RawCapture.is_supported(), reason="needs CAP_NET_RAW")
 def test_sockets_follow_the_plan_and_close_on_stop() -> None:
     """Opens raw sockets for the raw modes in the plan (receive only: nothing is sent)."""
@@ -172,6 +193,7 @@ def test_sockets_follow_the_plan_and_close_on_stop() -> None:
         raw.set_plan(PortPlan(udp_raw=frozenset({161}), udp_raw_mode="sudp"))
         counts.append(len(raw.endpoints))
         assert not kept & {e.sock.fileno() for e in raw.endpoints if e.proto == "tcp"}
+        assert raw.kernel_drops() == 0
         raw.stop()
         counts.append(len(raw.endpoints))
         return counts
