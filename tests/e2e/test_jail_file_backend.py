@@ -5,7 +5,7 @@ then reads alerts from a syslog file.  Here the test plays rsyslog (appending
 lines in its format) because the lab has no rsyslog: an alert line bans its src=
 address in nftables; another program's line never does; but a line that any
 local user could have sent with `logger -t portsentry-sensor` bans too, which is
-what docs/banning.md warns about.
+what the README ("The file-backend variant") warns about.
 """
 
 from __future__ import annotations
