@@ -627,6 +627,7 @@ def test_sighup_storm_leaves_one_consistent_config_and_no_leaked_sockets(
     assert sensor_sockets(lab, pid) == expected
     time.sleep(0.5)
     before = fd_summary(pid)
+    threads = len(os.listdir(f"/proc/{pid}/task"))     # the ignore-file watch is a thread per reload
     cursor = journald.cursor()
 
     for i in range(100):
@@ -652,6 +653,7 @@ def test_sighup_storm_leaves_one_consistent_config_and_no_leaked_sockets(
     status = [n for n in sensor.notifications if n.startswith("STATUS=")][-1]
     assert "tcp 3 ports bound" in status and "udp 1 port bound" in status, status
     assert wait_until(lambda: fd_summary(pid) == before, 10), (before, fd_summary(pid))
+    assert wait_until(lambda: len(os.listdir(f"/proc/{pid}/task")) == threads, 10), "threads leaked"
 
     def final_reload_logged(lines: list[str]) -> bool:
         reloads = [m for m in lines if "configuration reloaded" in m]
