@@ -25,8 +25,11 @@ CACHE = REPO / ".cache" / "package"
 SUITE = "bookworm"
 MIRROR = os.environ.get("PORTSENTRY_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # Our Depends (see packaging/debian/control), downloaded into the cached root.
-PREFETCH = ("python3", "python3-systemd", "python3-watchdog", "python3-jinja2",
-            "fail2ban", "nftables", "adduser")
+DEPENDS = ("python3", "python3-systemd", "python3-watchdog", "python3-jinja2",
+           "fail2ban", "nftables", "adduser")
+# What tools/install needs to build the package (its build dependencies).
+BUILD_DEPENDS = ("debhelper", "dh-python", "dpkg-dev")
+PREFETCH = DEPENDS + BUILD_DEPENDS
 POLICY_RC_D = "#!/bin/sh\n# package tests: never start services in this root\nexit 101\n"
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root",
        "DEBIAN_FRONTEND": "noninteractive"}
