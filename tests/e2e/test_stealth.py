@@ -62,6 +62,7 @@ SCANS: dict[str, tuple[list[str], str, str, str, str, str, str]] = {
 FULL4, FULL6 = "192.0.2.20", "2001:db8::20"
 ACK4, ACK6 = "192.0.2.21", "2001:db8::21"          # ACK-family scans: never a probe
 RETURN4, RETURN6 = "192.0.2.22", "2001:db8::22"    # probes a service's port after it stopped
+STEALTH4, STEALTH6 = "192.0.2.23", "2001:db8::23"  # scans a stcp/sudp sensor
 
 CONF = """\
 # portsentry-sensor e2e: advanced modes (the shipped default)
@@ -105,6 +106,7 @@ def lab() -> Iterator[Lab]:
         the_lab.add_attacker("full", FULL4, FULL6)
         the_lab.add_attacker("ack", ACK4, ACK6)
         the_lab.add_attacker("ret", RETURN4, RETURN6)
+        the_lab.add_attacker("st", STEALTH4, STEALTH6)
         the_lab.serve_tcp(EARLY_SERVICE)
         yield the_lab
 
@@ -276,3 +278,42 @@ def test_a_full_syn_scan_is_one_alert_at_once_and_a_bounded_number_of_lines(
           f"{len(found)} journal lines, last count {counts[-1]} of {watched_ports} watched ports")
     assert counts[-1] >= 0.5 * watched_ports, lines   # under a flood the count is a lower bound
     assert all(int(e["PORTSENTRY_DPORT"]) <= upper for e in found)
+
+
+# --------------------------------------------------------------------------
+# Stealth modes: the configured lists only.
+
+STEALTH_CONF = """\
+TCP_MODE="stcp"
+UDP_MODE="sudp"
+TCP_PORTS="1,79,135,{early},31337"
+UDP_PORTS="161,31337"
+SCAN_TRIGGER="0"
+SUMMARY_INTERVAL="1"
+PLAN_REFRESH="1"
+LOG_TARGET="journal"
+"""
+
+
+def test_stealth_modes_watch_the_configured_ports_only(lab: Lab, journald: Journal,
+                                                       sensor_user: tuple[str, int, int]) -> None:
+    """stcp/sudp: SYN and UDP probes of TCP_PORTS/UDP_PORTS (minus the web server) and nothing else."""
+    stealth = SensorProcess(lab, STEALTH_CONF.format(early=EARLY_SERVICE), user=sensor_user)
+    stealth.cursor = journald.cursor()  # type: ignore[attr-defined]
+    try:
+        stealth.start()
+        ns = f"{lab.prefix}-st"
+        lab.nmap(["-sS", "-p", f"1,79,135,136,{EARLY_SERVICE},31337,31338", VICTIM4], ns=ns)
+        lab.nmap(["-sU", "-p", "161,162,31337", VICTIM4], ns=ns)
+        tcp = wait_alerts(journald, stealth, lambda f: count(f) >= 4, src=STEALTH4, proto="tcp")
+        udp = wait_alerts(journald, stealth, lambda f: count(f) >= 2, src=STEALTH4, proto="udp")
+        time.sleep(1.5)
+        tcp, udp = alerts(journald, stealth, src=STEALTH4, proto="tcp"), alerts(journald, stealth,
+                                                                              src=STEALTH4, proto="udp")
+        assert {e["PORTSENTRY_MODE"] for e in tcp} == {"stcp"} and count(tcp) == 4
+        assert {e["PORTSENTRY_MODE"] for e in udp} == {"sudp"} and count(udp) == 2
+        assert {int(e["PORTSENTRY_DPORT"]) for e in tcp} <= {1, 79, 135, 31337}
+        assert {int(e["PORTSENTRY_DPORT"]) for e in udp} <= {161, 31337}
+        assert stealth.running(), stealth.stderr_text()
+    finally:
+        stealth.close()
