@@ -18,6 +18,9 @@ needs more than the 8-bit offset classic BPF allows.  An advanced plan over
 1-65535 with 30 listening services is 31 ranges (~130 instructions).  Above
 :data:`MAX_RANGES` the closest ranges are merged: the kernel then lets a few
 unwatched ports through and Python rejects them, it never drops a watched one.
+The kernel charges a filter to the socket's option memory (net.core.optmem_max:
+20480 bytes by default before Linux 6.9, Debian 12 included, which holds about
+400 ranges); :mod:`sensor.capture` retries with fewer ranges when it is refused.
 
 Pure: this module only builds, encodes and (for tests) simulates programs;
 :mod:`sensor.capture` attaches them.
@@ -90,9 +93,10 @@ def _range_block(low: int, high: int, snaplen: int) -> list[Insn]:
 
 
 def build_filter(proto: str, ports: Iterable[int], ipv4_header: bool,
-                 loopback_ifindex: int | None = None, snaplen: int = SNAPLEN) -> list[Insn]:
+                 loopback_ifindex: int | None = None, snaplen: int = SNAPLEN,
+                 max_ranges: int = MAX_RANGES) -> list[Insn]:
     """The program for one raw socket: ``proto`` tcp/udp, IPv4 (header first) or IPv6."""
-    ranges = port_ranges(ports)
+    ranges = port_ranges(ports, max_ranges)
     if not ranges:
         return [Insn(RET | K, k=0)]
     program: list[Insn] = []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import ipaddress
 import logging
 import os
@@ -145,6 +146,10 @@ class _Endpoint:
     proto: str
 
 
+# Range budgets tried in turn when the kernel refuses a filter (ENOMEM: optmem_max).
+RANGE_BUDGETS = (bpf.MAX_RANGES, 400, 200, 100, 50, 20, 1)
+
+
 def _attach(sock: socket.socket, program: list[bpf.Insn]) -> None:
     """SO_ATTACH_FILTER: struct sock_fprog {u16 len; struct sock_filter *filter}."""
     code = bpf.encode(program)
@@ -184,7 +189,8 @@ class RawCapture:
         self.endpoints: list[_Endpoint] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stats: dict[str, int] = {"packets": 0, "probes": 0, "malformed": 0,
-                                      "ignored": 0, "in_use": 0, "errors": 0, "dropped": 0}
+                                      "ignored": 0, "in_use": 0, "errors": 0, "dropped": 0,
+                                      "filter_insns": 0}
 
     # -- configuration -------------------------------------------------
     def set_plan(self, plan: PortPlan) -> None:
@@ -225,9 +231,22 @@ class RawCapture:
         self.loop = None
 
     # -- sockets -------------------------------------------------------
-    def _program(self, endpoint: _Endpoint) -> list[bpf.Insn]:
-        return bpf.build_filter(endpoint.proto, self.plan.raw_ports(endpoint.proto),
-                                endpoint.family == socket.AF_INET, self.loopback)
+    def _attach_plan(self, endpoint: _Endpoint) -> None:
+        """Attach the plan's filter, coarser (never dropping a watched port) if refused."""
+        ports = self.plan.raw_ports(endpoint.proto)
+        for budget in RANGE_BUDGETS:
+            program = bpf.build_filter(endpoint.proto, ports, endpoint.family == socket.AF_INET,
+                                       self.loopback, max_ranges=budget)
+            try:
+                _attach(endpoint.sock, program)
+            except OSError as exc:
+                if exc.errno != errno.ENOMEM or budget == RANGE_BUDGETS[-1]:
+                    raise
+                continue
+            if budget != RANGE_BUDGETS[0]:
+                log.warning("kernel filter coarsened to %d port ranges (net.core.optmem_max)", budget)
+            self.stats["filter_insns"] = max(self.stats["filter_insns"], len(program))
+            return
 
     def _open(self, family: int, proto: str) -> _Endpoint | None:
         try:
@@ -238,7 +257,7 @@ class RawCapture:
             return None
         endpoint = _Endpoint(sock, family, proto)
         try:
-            _attach(sock, self._program(endpoint))  # before any read: nothing unfiltered is parsed
+            self._attach_plan(endpoint)  # before any read: nothing unfiltered is parsed
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
@@ -266,12 +285,13 @@ class RawCapture:
         endpoint.sock.close()
 
     def _sync_endpoints(self) -> None:
+        self.stats["filter_insns"] = 0
         wanted: set[tuple[int, str]] = {(int(f), p) for p in _PROTOS if self.plan.raw_mode(p)
                   for f in (socket.AF_INET, socket.AF_INET6)}
         kept: list[_Endpoint] = []
         for endpoint in self.endpoints:
             if (endpoint.family, endpoint.proto) in wanted:
-                _attach(endpoint.sock, self._program(endpoint))
+                self._attach_plan(endpoint)
                 kept.append(endpoint)
                 wanted.discard((endpoint.family, endpoint.proto))
             else:

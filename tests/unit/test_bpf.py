@@ -231,3 +231,39 @@ def test_the_kernel_runs_the_filter_as_planned() -> None:
     assert passed - {65000} == {c[3] for c in cases if c[6]}
     for row in seen["accepted"]:
         assert row[4] & (ACK | RST) == 0
+
+
+COARSEN = textwrap.dedent("""
+    import asyncio, json
+    from sensor.capture import RawCapture
+    from sensor.portplan import PortPlan
+
+    async def main():
+        raw = RawCapture(lambda probe: None)
+        raw.start(asyncio.get_running_loop())
+        raw.set_plan(PortPlan(tcp_raw=frozenset(range(1, 4000, 2)), tcp_raw_mode="atcp"))
+        print(json.dumps({"sockets": len(raw.endpoints), "insns": raw.stats["filter_insns"]}))
+        raw.stop()
+
+    asyncio.run(main())
+""")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_a_filter_too_big_for_optmem_is_coarsened_not_refused() -> None:
+    """Debian 12 (Linux 6.1) allows 20480 bytes of socket option memory: 2000 ranges do not fit."""
+    from lab import delete_netns, require_e2e, run
+    require_e2e()
+    ns = f"ps3opt{os.getpid() % 10000}"
+    delete_netns(ns)
+    run(["ip", "netns", "add", ns])
+    try:
+        run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.core.optmem_max=20480"])
+        out = run(["ip", "netns", "exec", ns, "/usr/bin/python3", "-c", COARSEN],
+                  env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    finally:
+        delete_netns(ns)
+    result = json.loads(out.splitlines()[-1])
+    assert result["sockets"] == 2
+    assert 0 < result["insns"] <= 4 * 400 + 12
