@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import re
 import shlex
 import shutil
 import statistics
@@ -492,6 +494,20 @@ def section_memory(world: World, results: Results, settings: Settings) -> None:
         world.ps.stop()
 
 
+def f2b_stages(log: str, sent: dict[str, float]) -> dict[str, list[float]]:
+    """Seconds from each sample's first probe to fail2ban's own 'Found' and 'Ban' log lines."""
+    stages: dict[str, list[float]] = {"Found": [], "Ban": []}
+    seen: set[tuple[str, str]] = set()
+    for line in log.splitlines():
+        match = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*\[portsentry\] (Found|Ban) (\S+)", line)
+        if not match or match.group(4) not in sent or (match.group(3), match.group(4)) in seen:
+            continue
+        seen.add((match.group(3), match.group(4)))
+        at = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")) + int(match.group(2)) / 1000
+        stages[match.group(3)].append(at - sent[match.group(4)])
+    return stages
+
+
 def ban_jail_local(uid: int) -> str:
     """The test .local: journal lines of the sensor's UID (no systemd unit here); lab addresses exempt."""
     return (f"[portsentry]\njournalmatch = _UID={uid}\n"
@@ -514,10 +530,12 @@ def section_ban(world: World, results: Results, settings: Settings) -> None:
         values: list[float] = []
         alert_part: list[float] = []
         missed = 0
+        sent: dict[str, float] = {}
         for _ in range(settings.ban_samples):
             src = world.fresh4()
             mark = world.ours.mark()
             t0 = time.time()
+            sent[src] = t0
             for port in range(20, 30):
                 world.injector.send(*netio.packet(src, VICTIM4, port))
             if wait_until(lambda src=src: src in monitor.added, 10, step=0.005):
@@ -527,13 +545,19 @@ def section_ban(world: World, results: Results, settings: Settings) -> None:
                     alert_part.append(min(seen) - t0)
             else:
                 missed += 1
-            time.sleep(0.2)
+            # A random gap: fail2ban polls on a fixed cycle, and a fixed gap would phase-lock the samples.
+            time.sleep(random.uniform(0.3, 1.5))
+        stages = f2b_stages(f2b.log_text(), sent)
         row = "scan-to-ban (first probe -> nft set), fail2ban + our jail pack"
         if values:
             results.put(row, "ours", f"median {statistics.median(values):.3f} s, p95 {pct(values, 0.95):.3f} s "
                         f"(n={len(values)}{f', {missed} missed' if missed else ''})")
             results.put("  of which first probe -> journal", "ours",
                         f"median {ms(statistics.median(alert_part))}" if alert_part else "n/a")
+            for stage, vals in stages.items():
+                if vals:
+                    results.put(f"  of which first probe -> fail2ban '{stage}'", "ours",
+                                f"median {ms(statistics.median(vals))}, p95 {ms(pct(vals, 0.95))}")
             results.raw["ban"] = [round(v, 4) for v in values]
             results.metric["ban"] = statistics.median(values)
             results.raw["ban_alert_part"] = [round(v, 4) for v in alert_part]
