@@ -2,8 +2,9 @@
 
 Both run inside the lab's victim namespace.  Our sensor logs to the shared
 journald (read back here with python3-systemd's ``Reader.wait()``), except in
-the spoofed flood where it logs to a harness-owned /dev/log, like PortSentry,
-so that 150,000 alerts never land in the journal other test sessions read.
+the spoofed flood where it logs to a journald of its own in a private mount
+namespace (read back with ``journalctl -D``), so that 150,000 alerts never
+land in the journal other test sessions read.
 PortSentry runs as root (as Debian runs it) in a private mount namespace:
 ``/etc`` is an overlay whose upper layer holds our portsentry.conf (its path
 is compiled in), ``/dev`` is a small tmpfs whose ``log`` is our unix datagram
@@ -15,6 +16,7 @@ network namespace and killed by PID at the end.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -96,13 +98,11 @@ class SyslogSocket:
 class JournalWatch:
     """Collects our attack alerts from the journal as they arrive (Reader.wait in a thread)."""
 
-    def __init__(self, message_id: str, path: str | None = None) -> None:
+    def __init__(self, message_id: str) -> None:
         from systemd import journal
         self.entries: list[dict[str, Any]] = []
         self._cond = threading.Condition()
-        converters = {"__REALTIME_TIMESTAMP": int}
-        self._reader = (journal.Reader(converters=converters) if path is None
-                        else journal.Reader(path=path, converters=converters))
+        self._reader = journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
         self._reader.add_match(MESSAGE_ID=message_id)
         self._reader.seek_tail()
         self._reader.get_previous()
@@ -410,7 +410,6 @@ class OurSensor:
         self.proc: subprocess.Popen[Any] | None = None
         self.pids: list[int] = []
         self.log_target = "journal"
-        self.private: JournalWatch | None = None
         self.message_id = ""
 
     def start(self, modes: Sequence[str], tcp_ports: str, udp_ports: str, advanced_tcp: int = 1024,
@@ -451,11 +450,8 @@ class OurSensor:
         if not self.notify.wait_for(lambda m: m == "READY=1", 30, abort=lambda: proc.poll() is not None):
             raise RuntimeError(f"our sensor sent no READY=1:\n{self.stderr_text()[-3000:]}")
         self.pids = [proc.pid]
-        if self.private is not None:
-            self.private.close()
-            self.private = None
         if log_target == "private-journal":
-            self.private = JournalWatch(self.message_id, str(self.work / "jrun"))
+            time.sleep(3.0)  # a fresh journald replays the kernel ring buffer first; lines sent meanwhile were lost
 
     def stderr_text(self) -> str:
         """The sensor's stderr so far."""
@@ -481,8 +477,7 @@ class OurSensor:
         self._stop_sensor()
         pid = self.journald_pid()
         if pid is not None:
-            if self.private is not None:
-                time.sleep(1.0)  # let the last entries land before journald goes
+            time.sleep(1.0)  # let the last entries land before journald goes
             kill_pids([pid])
             (self.work / "journald.pid").unlink(missing_ok=True)
 
@@ -499,14 +494,15 @@ class OurSensor:
 
     def mark(self) -> int:
         """Index into the current log target's lines."""
-        if self.log_target == "private-journal" and self.private is not None:
-            return self.private.mark()
+        if self.log_target == "private-journal":
+            return len(self._private_entries())
         return self.syslog.mark() if self.log_target == "syslog" else self.journal.mark()
 
     def lines(self, start: int = 0) -> list[Line]:
         """Attack alert lines since ``start``."""
-        if self.log_target == "private-journal" and self.private is not None:
-            return self.private.lines(self.pids, start)
+        if self.log_target == "private-journal":
+            return [Line(int(e["__REALTIME_TIMESTAMP"]) / 1e6, e.get("MESSAGE", ""), e.get("PORTSENTRY_SRC", ""),
+                         int(e.get("_PID", 0)), e) for e in self._private_entries()[start:]]
         if self.log_target == "syslog":
             found = []
             for at, text in self.syslog.lines(start):
@@ -516,11 +512,16 @@ class OurSensor:
             return found
         return self.journal.lines(self.pids, start)
 
+    def _private_entries(self) -> list[dict[str, Any]]:
+        """Our alerts in the private journal's files, oldest first (journalctl -D, read afresh)."""
+        args = ["journalctl", "-D", str(self.work / "jrun"), "-o", "json", "--no-pager", "--all",
+                f"MESSAGE_ID={self.message_id}", *(f"_PID={p}" for p in self.pids[-1:])]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False).stdout
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
     def close(self) -> None:
         """Stop, close sockets, remove our files."""
         self.stop()
-        if self.private is not None:
-            self.private.close()
         self.notify.close()
         self.syslog.close()
         shutil.rmtree(self.work, ignore_errors=True)
