@@ -137,6 +137,73 @@ class PortsInUse:
         return port in self._ports.get(proto, set())
 
 
+def parse_noports(text: str, version: int) -> int | None:
+    """UDP NoPorts from /proc/net/snmp (``Udp:`` table, IPv4) or /proc/net/snmp6 (Udp6NoPorts)."""
+    lines = text.splitlines()
+    if version == 6:
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "Udp6NoPorts" and parts[1].isdigit():
+                return int(parts[1])
+        return None
+    rows = [line.split() for line in lines if line.startswith("Udp: ")]
+    if len(rows) < 2 or "NoPorts" not in rows[0] or len(rows[1]) != len(rows[0]):
+        return None
+    value = rows[1][rows[0].index("NoPorts")]
+    return int(value) if value.isdigit() else None
+
+
+class ClosedPortProof:
+    """Did a UDP datagram really hit a closed port?  The kernel's NoPorts counters say.
+
+    A reply to one of our own UDP clients (a resolver's query, an NTP poll) is
+    addressed to an ephemeral port that may be watched in audp mode, and its
+    socket may already be closed when we look (the client got its answer).
+    The kernel delivers a datagram to raw sockets and then to UDP in the same
+    softirq, counting udpNoPorts (RFC 4113) when no socket takes it, so by the
+    time we read a datagram the counter already says whether it was refused.
+    Each increment is credit for one report; credit older than ``max_age``
+    (noise from unwatched ports) is discarded by re-reading the baseline on a
+    timer.  Counters unreadable: every datagram counts (the previous behaviour).
+    """
+
+    def __init__(self, proc: str = "/proc", max_age: float = 1.0) -> None:
+        self.proc = proc
+        self.max_age = max_age
+        self.baseline: dict[int, int | None] = {4: None, 6: None}
+        self.credit: dict[int, int] = {4: 0, 6: 0}
+
+    def read(self, version: int) -> int | None:
+        """The current NoPorts counter of one IP version, or None."""
+        name = "snmp6" if version == 6 else "snmp"
+        try:
+            with open(f"{self.proc}/net/{name}", encoding="ascii") as handle:
+                return parse_noports(handle.read(), version)
+        except OSError:
+            return None
+
+    def rebaseline(self) -> None:
+        """Forget old credit: datagrams refused so far are not ours to report."""
+        for version in (4, 6):
+            self.baseline[version] = self.read(version)
+            self.credit[version] = 0
+
+    def __call__(self, version: int) -> bool:
+        """True if one more datagram of this IP version is proven to have hit a closed port."""
+        if self.credit[version] == 0:
+            now = self.read(version)
+            before = self.baseline[version]
+            if now is None or before is None:
+                self.baseline[version] = now
+                return True
+            self.credit[version] += max(0, now - before)
+            self.baseline[version] = now
+        if self.credit[version] == 0:
+            return False
+        self.credit[version] -= 1
+        return True
+
+
 @dataclass
 class _Endpoint:
     """One open raw socket: a family and a protocol."""
@@ -180,16 +247,19 @@ class RawCapture:
         return True
 
     def __init__(self, on_probe: Callable[[Probe], None],
-                 ports_in_use: Callable[[str, int], bool] | None = None) -> None:
+                 ports_in_use: Callable[[str, int], bool] | None = None,
+                 closed_port: ClosedPortProof | None = None) -> None:
         self.on_probe = on_probe
         self.ports_in_use = ports_in_use or PortsInUse()
+        self.closed_port = closed_port or ClosedPortProof()
+        self._timer: asyncio.TimerHandle | None = None
         self.plan = PortPlan()
         self.local: frozenset[str] = frozenset()
         self.loopback = _loopback_ifindex()
         self.endpoints: list[_Endpoint] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stats: dict[str, int] = {"packets": 0, "probes": 0, "malformed": 0,
-                                      "ignored": 0, "in_use": 0, "errors": 0, "dropped": 0,
+                                      "ignored": 0, "in_use": 0, "replies": 0, "errors": 0, "dropped": 0,
                                       "filter_insns": 0}
 
     # -- configuration -------------------------------------------------
@@ -207,6 +277,18 @@ class RawCapture:
         """Open the sockets the plan needs, attach filters, start reading."""
         self.loop = loop
         self._sync_endpoints()
+        self._rebaseline()
+
+    def _rebaseline(self) -> None:
+        """Every ``max_age`` seconds: drop stale closed-port credit (UDP only)."""
+        if self.loop is None:
+            return
+        udp = [e for e in self.endpoints if e.proto == "udp"]
+        for endpoint in udp:
+            self._readable(endpoint)  # what is queued was counted under the old baseline
+        if udp:
+            self.closed_port.rebaseline()
+        self._timer = self.loop.call_later(self.closed_port.max_age, self._rebaseline)
 
     def kernel_drops(self, proc: str = "/proc") -> int:
         """Packets the kernel dropped on our full receive queues; also kept in stats["dropped"]."""
@@ -227,6 +309,9 @@ class RawCapture:
             self.kernel_drops()
         for endpoint in self.endpoints:
             self._close(endpoint)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.endpoints = []
         self.loop = None
 
@@ -301,6 +386,8 @@ class RawCapture:
             if opened is not None:
                 kept.append(opened)
         self.endpoints = kept
+        if any(proto == "udp" for _family, proto in wanted):
+            self.closed_port.rebaseline()
 
     # -- packets -------------------------------------------------------
     def _readable(self, endpoint: _Endpoint) -> None:
@@ -348,6 +435,9 @@ class RawCapture:
             return
         if self.ports_in_use(probe.proto, probe.dport):
             self.stats["in_use"] += 1
+            return
+        if probe.proto == "udp" and not self.closed_port(6 if ":" in probe.dst else 4):
+            self.stats["replies"] += 1
             return
         self.stats["probes"] += 1
         self.on_probe(probe)

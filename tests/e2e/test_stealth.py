@@ -246,6 +246,60 @@ def test_a_web_server_started_after_the_sensor_is_never_reported(lab: Lab, journ
     assert found[0]["PORTSENTRY_DPORT"] == str(LATE_SERVICE)
 
 
+ECHO_SERVER = """
+import socket, threading
+udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+udp.bind(("::", 5353))
+tcp = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind(("::", 8443))
+tcp.listen()
+def serve_tcp():
+    while True:
+        conn, _ = tcp.accept()
+        conn.sendall(conn.recv(100))
+        conn.close()
+threading.Thread(target=serve_tcp, daemon=True).start()
+print("ready", flush=True)
+while True:
+    data, peer = udp.recvfrom(100)
+    udp.sendto(data, peer)
+"""
+
+OUTGOING_CLIENT = """
+import socket
+for i in range(30):
+    host = "192.0.2.2" if i % 2 else "2001:db8::2"
+    family = socket.AF_INET if i % 2 else socket.AF_INET6
+    with socket.socket(family, socket.SOCK_DGRAM) as udp:   # a resolver-style connected socket
+        udp.settimeout(5)
+        udp.connect((host, 5353))
+        udp.send(b"query")
+        assert udp.recv(100) == b"query"
+    with socket.socket(family, socket.SOCK_DGRAM) as udp:   # unconnected, sendto/recvfrom
+        udp.settimeout(5)
+        udp.sendto(b"query", (host, 5353))
+        assert udp.recvfrom(100)[0] == b"query"
+    with socket.create_connection((host, 8443), timeout=5) as tcp:
+        tcp.sendall(b"hello")
+        assert tcp.recv(100) == b"hello"
+"""
+
+
+def test_replies_to_the_victims_own_connections_are_not_scans(lab: Lab, journald: Journal,
+                                                              sensor: SensorProcess) -> None:
+    """The victim's UDP (connected or not) and TCP clients get answers on watched ephemeral ports."""
+    server = lab.spawn_attacker([SYSTEM_PYTHON, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        result = lab.run_victim([SYSTEM_PYTHON, "-c", OUTGOING_CLIENT], timeout=120)
+        assert result.returncode == 0, result.stderr
+        time.sleep(1.5)
+    finally:
+        kill_pid(server)
+    assert not alerts(journald, sensor, src=ATTACKER4) + alerts(journald, sensor, src=ATTACKER6)
+
+
 # --------------------------------------------------------------------------
 # A full scan is one alert at once and a bounded number of lines.
 

@@ -18,10 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensor.capture import (
+    ClosedPortProof,
     PortsInUse,
     RawCapture,
     _Endpoint,
     _pktinfo_destination,
+    parse_noports,
     parse_raw_drops,
     parse_socket_ports,
 )
@@ -39,7 +41,8 @@ def capture(in_use: set[int] | None = None) -> tuple[RawCapture, list[Probe]]:
     """A capture with PLAN and LOCAL, collecting probes; ``in_use`` ports are live services."""
     probes: list[Probe] = []
     busy = in_use or set()
-    raw = RawCapture(probes.append, ports_in_use=lambda proto, port: port in busy)
+    raw = RawCapture(probes.append, ports_in_use=lambda proto, port: port in busy,
+                     closed_port=ClosedPortProof(proc="/nonexistent"))  # no counters: all count
     raw.set_plan(PLAN)
     raw.set_local(LOCAL)
     return raw, probes
@@ -210,5 +213,57 @@ def test_random_datagrams_are_counted_never_raised(datagrams: list[bytes], famil
     raw, probes = capture()
     raw._readable(_Endpoint(FakeSocket(list(datagrams)), family, proto))  # type: ignore[arg-type]
     assert raw.stats["packets"] == len(datagrams)
-    assert raw.stats["malformed"] + raw.stats["ignored"] + raw.stats["probes"] == len(datagrams)
+    outcomes = ("malformed", "ignored", "in_use", "replies", "probes")
+    assert sum(raw.stats[k] for k in outcomes) == len(datagrams)
     assert len(probes) == raw.stats["probes"]
+
+
+SNMP = """\
+Ip: Forwarding DefaultTTL InReceives
+Ip: 1 64 1000
+Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors
+Udp: 595 {noports} 0 596 0 0 0 0 0
+UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors
+UdpLite: 0 0 0 0 0 0 0 0 0
+"""
+SNMP6 = "Udp6InDatagrams                 \t11\nUdp6NoPorts                     \t{noports}\n"
+
+
+def test_noports_counters_parse() -> None:
+    assert parse_noports(SNMP.format(noports=7), 4) == 7
+    assert parse_noports(SNMP6.format(noports=3), 6) == 3
+    assert parse_noports("Udp: NoPorts\n", 4) is None and parse_noports("", 6) is None
+
+
+def proof_root(tmp_path: Path, v4: int, v6: int) -> str:
+    """A fake /proc with the given NoPorts counters."""
+    (tmp_path / "net").mkdir(exist_ok=True)
+    (tmp_path / "net" / "snmp").write_text(SNMP.format(noports=v4))
+    (tmp_path / "net" / "snmp6").write_text(SNMP6.format(noports=v6))
+    return str(tmp_path)
+
+
+def test_a_udp_reply_to_our_own_client_is_not_a_scan(tmp_path: Path) -> None:
+    """Replies reach watched ephemeral ports (audp up to 65535) after the client closed its socket."""
+    proof = ClosedPortProof(proof_root(tmp_path, 100, 5))
+    proof.rebaseline()
+    assert not proof(4) and not proof(6)          # NoPorts did not move: delivered to a socket
+    proof_root(tmp_path, 102, 5)                  # two datagrams refused
+    assert proof(4) and proof(4) and not proof(4)
+    proof_root(tmp_path, 110, 9)
+    proof.rebaseline()                            # old refusals are not credit
+    assert not proof(4) and not proof(6)
+
+
+def test_replies_are_counted_not_reported(tmp_path: Path) -> None:
+    probes: list[Probe] = []
+    proof = ClosedPortProof(proof_root(tmp_path, 100, 5))
+    proof.rebaseline()
+    raw = RawCapture(probes.append, ports_in_use=lambda proto, port: False, closed_port=proof)
+    raw.set_plan(PLAN)
+    raw.set_local(LOCAL)
+    raw.handle(Packet("198.51.100.53", "192.0.2.1", "udp", 53, 161))
+    proof_root(tmp_path, 101, 5)
+    raw.handle(Packet("198.51.100.7", "192.0.2.1", "udp", 40000, 161))
+    assert [p.src for p in probes] == ["198.51.100.7"]
+    assert raw.stats["replies"] == 1
