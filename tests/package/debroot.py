@@ -29,7 +29,9 @@ DEPENDS = ("python3", "python3-systemd", "python3-watchdog", "python3-jinja2",
            "fail2ban", "nftables", "adduser")
 # What tools/install needs to build the package (its build dependencies).
 BUILD_DEPENDS = ("debhelper", "dh-python", "dpkg-dev")
-PREFETCH = DEPENDS + BUILD_DEPENDS
+# systemd as init, for booting the root with systemd-nspawn.
+INIT = ("systemd", "systemd-sysv")
+PREFETCH = DEPENDS + BUILD_DEPENDS + INIT
 POLICY_RC_D = "#!/bin/sh\n# package tests: never start services in this root\nexit 101\n"
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root",
        "DEBIAN_FRONTEND": "noninteractive"}
