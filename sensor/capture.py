@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 BATCH = 256                 # packets read per wake-up before yielding to the loop
 RCVBUF = 4 << 20            # asked for; the kernel caps it at net.core.rmem_max
+RELEASE_GRACE = 10.0        # seconds a port a service just gave up stays unreported
+SERVICE_SKIP = "a service listens"   # sensor.portplan's reason for a busy port
 RECV_SIZE = bpf.SNAPLEN
 _PKTINFO_SPACE = socket.CMSG_SPACE(20)  # struct in6_pktinfo
 _PROTOS = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
@@ -252,6 +254,8 @@ class RawCapture:
         self.on_probe = on_probe
         self.ports_in_use = ports_in_use or PortsInUse()
         self.closed_port = closed_port or ClosedPortProof()
+        self.released: dict[tuple[str, int], float] = {}
+        self.release_grace = RELEASE_GRACE
         self._timer: asyncio.TimerHandle | None = None
         self.plan = PortPlan()
         self.local: frozenset[str] = frozenset()
@@ -265,9 +269,25 @@ class RawCapture:
     # -- configuration -------------------------------------------------
     def set_plan(self, plan: PortPlan) -> None:
         """Adopt a new plan: open/close sockets and rebuild their filters."""
+        self._note_released(plan, time.monotonic())
         self.plan = plan
         if self.loop is not None:
             self._sync_endpoints()
+
+    def _note_released(self, plan: PortPlan, now: float) -> None:
+        """Ports a service used in the old plan and the new one watches: a restart, maybe.
+
+        Clients retrying a service that is restarting get RSTs like a scanner
+        would; for ``release_grace`` seconds such a port is not reported.
+        """
+        self.released = {k: t for k, t in self.released.items() if now - t < self.release_grace}
+        for skip in self.plan.skipped:
+            if skip.reason == SERVICE_SKIP and skip.port in plan.raw_ports(skip.proto):
+                self.released[(skip.proto, skip.port)] = now
+
+    def _recently_released(self, proto: str, port: int) -> bool:
+        when = self.released.get((proto, port))
+        return when is not None and time.monotonic() - when < self.release_grace
 
     def set_local(self, addresses: Iterable[str]) -> None:
         """This host's addresses; only packets to them count."""
@@ -433,7 +453,8 @@ class RawCapture:
         if probe is None:
             self.stats["ignored"] += 1
             return
-        if self.ports_in_use(probe.proto, probe.dport):
+        if self.ports_in_use(probe.proto, probe.dport) or (
+                self.released and self._recently_released(probe.proto, probe.dport)):
             self.stats["in_use"] += 1
             return
         if probe.proto == "udp" and not self.closed_port(6 if ":" in probe.dst else 4):

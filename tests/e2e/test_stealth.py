@@ -39,6 +39,7 @@ from lab import (
 
 sys.path.insert(0, str(REPO_ROOT))
 from sensor.alert import MESSAGE_ID
+from sensor.capture import RELEASE_GRACE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -228,7 +229,10 @@ def test_clients_of_a_running_web_server_are_never_reported(lab: Lab, journald: 
 
 def test_a_web_server_started_after_the_sensor_is_never_reported(lab: Lab, journald: Journal,
                                                                  sensor: SensorProcess) -> None:
-    """Clients hit the new server at once, before the next plan refresh: still no alert."""
+    """Clients hit the new server at once, before the next plan refresh: still no alert.
+
+    When it stops, its port is watched again after RELEASE_GRACE seconds, not before.
+    """
     server = lab.serve_tcp(LATE_SERVICE)
     try:
         run_client(lab, LATE_SERVICE, 40)
@@ -240,7 +244,14 @@ def test_a_web_server_started_after_the_sensor_is_never_reported(lab: Lab, journ
     assert not alerts(journald, sensor, src=ATTACKER4) + alerts(journald, sensor, src=ATTACKER6)
     assert not alerts(journald, sensor, dport=str(LATE_SERVICE))
 
-    time.sleep(2.5)   # > PLAN_REFRESH: the port is watched again
+    # A client retrying a service that just stopped (a restart, say) is not a scanner ...
+    stopped = time.monotonic()
+    time.sleep(2.5)   # > PLAN_REFRESH: the plan watches the port again
+    lab.nmap(["-sS", "-p", str(LATE_SERVICE), VICTIM4], ns=f"{lab.prefix}-ret")
+    time.sleep(1.5)
+    assert not alerts(journald, sensor, src=RETURN4)
+    # ... but once RELEASE_GRACE has passed, a probe of that port is one.
+    time.sleep(max(0.0, stopped + 1 + RELEASE_GRACE + 1 - time.monotonic()))
     lab.nmap(["-sS", "-p", str(LATE_SERVICE), VICTIM4], ns=f"{lab.prefix}-ret")
     found = wait_alerts(journald, sensor, lambda f: len(f) >= 1, src=RETURN4)
     assert found[0]["PORTSENTRY_DPORT"] == str(LATE_SERVICE)

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensor.capture import (
+    SERVICE_SKIP,
     ClosedPortProof,
     PortsInUse,
     RawCapture,
@@ -27,9 +28,10 @@ from sensor.capture import (
     parse_raw_drops,
     parse_socket_ports,
 )
+from sensor.config import Config
 from sensor.detector import Probe
 from sensor.packet import ACK, FIN, PSH, SYN, URG, Packet
-from sensor.portplan import PortPlan
+from sensor.portplan import PortPlan, Skip, build_plan
 
 PROC = Path(__file__).resolve().parents[1] / "roots" / "proc" / "advanced"
 PLAN = PortPlan(tcp_raw=frozenset(range(1, 1025)) - {22}, udp_raw=frozenset({161}),
@@ -267,3 +269,23 @@ def test_replies_are_counted_not_reported(tmp_path: Path) -> None:
     raw.handle(Packet("198.51.100.7", "192.0.2.1", "udp", 40000, 161))
     assert [p.src for p in probes] == ["198.51.100.7"]
     assert raw.stats["replies"] == 1
+
+
+def test_a_port_a_service_just_released_gets_a_grace_period() -> None:
+    """A restarting service's clients get RSTs like a scanner would: not reported for a while."""
+    raw, probes = capture()
+    busy = PortPlan(tcp_raw=PLAN.tcp_raw - {880}, tcp_raw_mode="atcp",
+                    skipped=(Skip("tcp", 880, SERVICE_SKIP),))
+    raw.set_plan(busy)
+    raw.set_plan(PLAN)                      # the service stopped: 880 is watched again
+    raw.handle(Packet("198.51.100.7", "192.0.2.1", "tcp", 40000, 880, SYN))
+    raw.handle(Packet("198.51.100.7", "192.0.2.1", "tcp", 40000, 881, SYN))
+    assert [p.dport for p in probes] == [881] and raw.stats["in_use"] == 1
+    raw.release_grace = 0.0                 # the grace period is over
+    raw.handle(Packet("198.51.100.7", "192.0.2.1", "tcp", 40000, 880, SYN))
+    assert [p.dport for p in probes] == [881, 880]
+
+
+def test_the_skip_reason_capture_relies_on_is_portplans() -> None:
+    config = Config(tcp_modes=("atcp",), udp_modes=())
+    assert Skip("tcp", 22, SERVICE_SKIP) in build_plan(config, {22}, set()).skipped
