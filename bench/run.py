@@ -27,6 +27,7 @@ import random
 import re
 import shlex
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -148,6 +149,25 @@ def settle(target: Contender, quiet: float = 1.0, limit: float = 30.0) -> None:
             return
 
 
+def drain_time_wait(lab: Lab, limit: float = 75.0) -> float:
+    """Wait (bounded) until the victim holds no TIME_WAIT socket on a tripwire port; return seconds waited.
+
+    A tripwire that accepted and closed connections leaves TIME_WAIT sockets for 60 s, and Linux
+    refuses to bind a port while any of them lacks SO_REUSEADDR (PortSentry never sets it).  So the
+    next sensor in bound mode would start without that port; wait instead.
+    """
+    tripwires = {int(p) for p in TCP_PORTS.split(",")}
+
+    def clear() -> bool:
+        out = lab.run_victim(["ss", "-tanH", "state", "time-wait"]).stdout
+        ports = {int(line.split()[2].rsplit(":", 1)[1]) for line in out.splitlines() if len(line.split()) >= 4}
+        return not ports & tripwires
+
+    begun = time.monotonic()
+    wait_until(clear, limit, step=1.0)
+    return time.monotonic() - begun
+
+
 def is_alert(line: Line) -> bool:
     """An attack alert (PortSentry also logs admin lines)."""
     return "attackalert" in line.text
@@ -168,6 +188,7 @@ class World:
         self.ours.message_id = str(MESSAGE_ID)
         self.ps = PortSentry(lab, [VICTIM4, VICTIM6])
         self.grid_attackers: list[tuple[str, str, str]] = []
+        self.connect_round = 0
         # Sources for single samples: outside the flood's range and different in every run
         # (minute slot), so fail2ban's start-up scan of recent journal lines never pre-bans them.
         self.spoof_next = 100_000 + (int(time.time()) // 60 % 300) * 100
@@ -249,6 +270,14 @@ def run_grid_once(world: World, target: Contender, modes: Sequence[str]) -> dict
 def section_grid(world: World, results: Results, settings: Settings) -> None:
     """Detection grid for both sensors."""
     for tcp, udp in MODE_PAIRS:
+        # PortSentry first, then no TIME_WAIT left before ours binds (see drain_time_wait).
+        start_ps(world, (tcp, udp))
+        try:
+            ps_cells = run_grid_once(world, world.ps, (tcp, udp))
+        finally:
+            world.ps.stop()
+        if tcp == "tcp":
+            drain_time_wait(world.lab)
         start_ours(world, (tcp, udp))
         try:
             cells = run_grid_once(world, world.ours, (tcp, udp))
@@ -261,12 +290,7 @@ def section_grid(world: World, results: Results, settings: Settings) -> None:
             if tcp != "tcp" or key.startswith(("-sT", "-sU")):
                 results.metric["grid_missed"] = results.metric.get("grid_missed", 0) + (value == "no")
                 results.metric["grid_cells"] = results.metric.get("grid_cells", 0) + 1
-        start_ps(world, (tcp, udp))
-        try:
-            cells = run_grid_once(world, world.ps, (tcp, udp))
-        finally:
-            world.ps.stop()
-        for key, value in cells.items():
+        for key, value in ps_cells.items():
             results.put(f"grid {tcp}/{udp} {key}", "portsentry", value)
 
 
@@ -307,6 +331,40 @@ def put_latency(results: Results, row: str, who: str, values: list[float], misse
     results.metric[f"latency {row}/{who}"] = statistics.median(values)
 
 
+def connect_samples(world: World, target: Contender, count: int) -> tuple[list[float], int]:
+    """Bound mode: a full TCP connect from a new attacker address per sample; time to the alert."""
+    values: list[float] = []
+    missed = 0
+    for i in range(count):
+        src = f"192.0.2.{100 + (world.connect_round * count + i) % 150}"
+        world.lab.run_attacker(["ip", "addr", "add", f"{src}/32", "dev", "eth0"], check=False)
+        sock = netio.socket_in_netns(world.lab.attacker, socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(2.0)
+        mark = target.mark()
+        seen: list[Line] = []
+
+        def arrived(src: str = src, mark: int = mark, seen: list[Line] = seen) -> bool:
+            seen[:] = [line for line in target.lines(mark) if line.src == src and is_alert(line)]
+            return bool(seen)
+
+        try:
+            sock.bind((src, 0))
+            t0 = time.time()
+            sock.connect((VICTIM4, LATENCY_PORT))
+        except OSError:
+            missed += 1
+            sock.close()
+            continue
+        if wait_until(arrived, 2.0, step=0.001):
+            values.append(min(line.at for line in seen) - t0)
+        else:
+            missed += 1
+        sock.close()
+        time.sleep(0.05)
+    world.connect_round += 1
+    return values, missed
+
+
 def section_latency(world: World, results: Results, settings: Settings) -> None:
     """First-alert latency in advanced mode, both sensors; IPv6 too for ours."""
     start_ours(world, ("atcp", "audp"))
@@ -327,6 +385,22 @@ def section_latency(world: World, results: Results, settings: Settings) -> None:
         results.put("first alert latency, atcp, IPv6 SYN", "portsentry", "no IPv6 support")
     finally:
         world.ps.stop()
+    # PortSentry first, and no TIME_WAIT left on the tripwires before the next one binds them
+    # (see drain_time_wait).
+    row = "first alert latency, tcp (bound), IPv4 connect"
+    start_ps(world, ("tcp",))
+    try:
+        values, missed = connect_samples(world, world.ps, settings.samples)
+        put_latency(results, row, "portsentry", values, missed)
+    finally:
+        world.ps.stop()
+    drain_time_wait(world.lab)
+    start_ours(world, ("tcp",))
+    try:
+        values, missed = connect_samples(world, world.ours, settings.samples)
+        put_latency(results, row, "ours", values, missed)
+    finally:
+        world.ours.stop()
 
 
 def count_scan(world: World, target: Contender, ports: str, nmap_extra: Sequence[str],
