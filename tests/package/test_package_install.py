@@ -7,8 +7,8 @@ so the maintainer scripts' "reload fail2ban when it runs" is exercised too.
 The tests run in file order on one root: install, inspect, reinstall, remove,
 purge.
 
-Done-when 5 (the jail-pack e2e story with the installed paths) is not here yet:
-see the note at the end of this module.
+Done-when 5 (the sensor + fail2ban story with the installed paths) is in
+test_package_systemd.py, under a real systemd.
 """
 
 from __future__ import annotations
@@ -247,8 +247,3 @@ def test_purge_leaves_nothing_of_ours(installed: Installed) -> None:
     assert root.sh(f"getent passwd {USER}", check=False).returncode == 2
     assert root.sh(f"getent group {USER}", check=False).returncode == 2
     assert root.sh("fail2ban-client status portsentry", check=False).returncode != 0
-
-
-# Done-when 5 (later): run tests/e2e's jail-pack story against the paths this
-# package installs (/usr/sbin/portsentry-sensor, /etc/portsentry-sensor/,
-# /etc/fail2ban/{filter.d,jail.d}/ from `dpkg -L`), not the source tree.
