@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import sys
@@ -327,8 +328,17 @@ def start_file_watch(path: str, loop: asyncio.AbstractEventLoop, callback: Any) 
     return observer
 
 
+def raise_fd_limit() -> None:
+    """Bound mode needs two descriptors per port: lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(path: str, defaults: Iterable[str] | None = None, stderr: bool = False) -> int:
     """``portsentry-sensor run``: exit 0 on SIGTERM, 2 on bad config, 1 if nothing watched."""
+    raise_fd_limit()
     try:
         sensor = Sensor(path, defaults, stderr)
     except (ConfigError, IgnoreFileError) as exc:

@@ -74,3 +74,16 @@ def test_broken_ignore_file_keeps_previous_list(tmp_path: Path) -> None:
 def test_status_line() -> None:
     plan = PortPlan(tcp_raw=frozenset({1, 2}), tcp_raw_mode="atcp")
     assert describe(plan, [], [53]) == "watching atcp 2 ports, udp 1 port bound"
+
+
+def test_soft_fd_limit_is_raised_to_the_hard_one() -> None:
+    import resource
+    import subprocess
+    import sys
+    code = ("import resource; from sensor.daemon import raise_fd_limit; raise_fd_limit(); "
+            "print(*resource.getrlimit(resource.RLIMIT_NOFILE))")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    low = min(64, hard)
+    out = subprocess.run(["prlimit", f"--nofile={low}:{hard}", sys.executable, "-c", code],
+                         capture_output=True, text=True, check=True, cwd=str(Path(__file__).parents[2]))
+    assert out.stdout.split() == [str(hard), str(hard)]
