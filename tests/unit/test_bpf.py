@@ -114,6 +114,7 @@ def test_simulated_verdict_matches_the_plan(ports: frozenset[int], probes: list[
 # In the kernel: a victim namespace with filtered raw sockets, an attacker sending.
 
 TCP_WATCHED = "set(range(1, 1025)) - {22, 80}"
+SERVICE = 1010   # a real connection to a listener on a watched port: only its SYN passes
 UDP_WATCHED = "set(range(1, 1025)) - {53}"
 
 RECEIVER = textwrap.dedent(f"""
@@ -132,6 +133,16 @@ RECEIVER = textwrap.dedent(f"""
                     _attach(s, bpf.build_filter(proto, plan[proto], family == socket.AF_INET, lo))
                 s.setblocking(False)
                 socks[s] = (family == socket.AF_INET6, proto, filtered)
+    def echo(server):
+        while True:
+            conn, _ = server.accept()
+            conn.sendall(conn.recv(100))
+            conn.close()
+    import threading
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("192.0.2.1", {SERVICE}))
+    server.listen()
+    threading.Thread(target=echo, args=(server,), daemon=True).start()
     print("ready", flush=True)
     seen = {{"accepted": [], "arrived": []}}
     done, deadline = None, time.monotonic() + 20
@@ -151,6 +162,11 @@ SENDER = textwrap.dedent("""
     import json, socket, struct, sys
     cases = json.loads(sys.argv[1])
     for v6, proto, dst, sport, dport, flags in cases:
+        if proto == "connect":
+            with socket.create_connection((dst, dport), timeout=5) as conn:
+                conn.sendall(b"hello")
+                assert conn.recv(100) == b"hello"
+            continue
         family = socket.AF_INET6 if v6 else socket.AF_INET
         number = 6 if proto == "tcp" else 17
         s = socket.socket(family, socket.SOCK_RAW, number)
@@ -221,16 +237,21 @@ def test_the_kernel_runs_the_filter_as_planned() -> None:
         assert receiver.stdout.readline().strip() == "ready", receiver.stderr
         _send(lab, lab.attacker, ATTACKER_CASES)
         _send(lab, lab.victim, LOCAL_CASES)
+        _send(lab, lab.attacker, [(False, "connect", V4, 0, SERVICE, 0, True)])
         _send(lab, lab.attacker, SENTINEL)
         out, err = receiver.communicate(timeout=60)
     seen = json.loads(out)
     arrived = {row[2] for row in seen["arrived"]}
-    passed = {row[2] for row in seen["accepted"]}
+    passed = {row[2] for row in seen["accepted"] if row[3] != SERVICE}
     cases = ATTACKER_CASES + LOCAL_CASES
     assert {c[3] for c in cases} - {20014} <= arrived, f"packets missing: {seen}\n{err}"
     assert passed - {65000} == {c[3] for c in cases if c[6]}
     for row in seen["accepted"]:
         assert row[4] & (ACK | RST) == 0
+    connection = [row for row in seen["arrived"] if row[1] == "tcp" and row[3] == SERVICE]
+    assert len(connection) >= 4 and connection[0][4] == SYN, connection   # inbound: SYN, ACK, data, FIN
+    passed_conn = [row for row in seen["accepted"] if row[3] == SERVICE]
+    assert [row[4] for row in passed_conn] == [SYN], passed_conn
 
 
 COARSEN = textwrap.dedent("""
