@@ -181,6 +181,16 @@ def test_a_scan_is_banned_and_unbanip_lets_the_address_back(booted: Booted) -> N
     assert ATTACKER_IP not in nft_set("addr-set-portsentry")
 
 
+def test_an_ipv6_scan_is_banned_too(booted: Booted) -> None:
+    attacker6 = "2001:db8::2"
+    run(["ip", "netns", "exec", ATTACKER, "nmap", "-6", "-n", "-Pn", "-sS", "-p", "40-50", "--max-retries", "0",
+         "2001:db8::1"], timeout=60)
+    assert wait_for(lambda: attacker6 in banned(booted), 15), banned(booted)
+    assert attacker6 in nft_set("addr6-set-portsentry")
+    booted.sh(f"fail2ban-client set portsentry unbanip {attacker6}")
+    assert attacker6 not in nft_set("addr6-set-portsentry")
+
+
 def test_watchdog_is_fed(booted: Booted) -> None:
     assert booted.show("WatchdogUSec")["WatchdogUSec"] == "30s"
     assert wait_for(lambda: booted.show("WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"] != "0",
