@@ -59,6 +59,9 @@ SCANS: dict[str, tuple[list[str], str, str, str, str, str, str]] = {
     "udp": (["-sU"], "u", "192.0.2.15", "2001:db8::15", VICTIM4, "udp", "udp"),
     "syn6": (["-6", "-sS"], "6", "192.0.2.16", "2001:db8::16", VICTIM6, "tcp", "syn"),
     "finurg": (["--scanflags", "URGFIN"], "k", "192.0.2.17", "2001:db8::17", VICTIM4, "tcp", "unknown"),
+    # Fragmented probes: the kernel reassembles before a raw IP socket sees them.
+    "synfrag": (["-sS", "-f"], "g", "192.0.2.18", "2001:db8::18", VICTIM4, "tcp", "syn"),
+    "udp6": (["-6", "-sU"], "w", "192.0.2.19", "2001:db8::19", VICTIM6, "udp", "udp"),
 }
 FULL4, FULL6 = "192.0.2.20", "2001:db8::20"
 ACK4, ACK6 = "192.0.2.21", "2001:db8::21"          # ACK-family scans: never a probe
