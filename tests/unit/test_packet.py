@@ -151,7 +151,7 @@ def test_flag_names_in_rfc_order() -> None:
     assert flag_names(0) == ""
 
 
-@settings(max_examples=1500)
+@settings(max_examples=1500, deadline=None)
 @given(st.binary(max_size=120))
 def test_garbage_never_raises_anything_but_malformed(data: bytes) -> None:
     for parse in (parse_ip, parse_ipv4, parse_ipv6):
@@ -162,7 +162,7 @@ def test_garbage_never_raises_anything_but_malformed(data: bytes) -> None:
         assert packet.proto in ("tcp", "udp") and 0 <= packet.dport <= 65535
 
 
-@settings(max_examples=1000)
+@settings(max_examples=1000, deadline=None)
 @given(st.sampled_from([4, 6]), st.integers(0, 15), st.binary(max_size=80))
 def test_garbage_behind_a_plausible_header_never_raises(version: int, ihl: int, rest: bytes) -> None:
     data = bytes([version << 4 | ihl]) + rest
@@ -173,6 +173,7 @@ def test_garbage_behind_a_plausible_header_never_raises(version: int, ihl: int, 
     assert classify(packet.proto, packet.flags) is None or packet.dport >= 0
 
 
+@settings(deadline=None)
 @given(st.integers(0, 255))
 def test_classification_is_total_over_all_flag_bytes(flags: int) -> None:
     kind = classify("tcp", flags)
