@@ -104,6 +104,10 @@ def _attach(sock: socket.socket, program: list[bpf.Insn]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
+def _label(family: int, proto: str) -> str:
+    return proto + ("6" if family == socket.AF_INET6 else "")
+
+
 def _loopback_ifindex() -> int | None:
     try:
         return socket.if_nametoindex("lo")
@@ -234,8 +238,7 @@ class RawCapture:
         try:
             sock = socket.socket(family, socket.SOCK_RAW, _PROTOS[proto])
         except OSError as exc:
-            log.warning("cannot open raw %s socket (%s): %s",
-                        proto + ("6" if family == socket.AF_INET6 else ""), "CAP_NET_RAW?", exc)
+            log.warning("cannot open raw %s socket (CAP_NET_RAW? IPv6 off?): %s", _label(family, proto), exc)
             return None
         endpoint = _Endpoint(sock, family, proto)
         try:
@@ -245,9 +248,10 @@ class RawCapture:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             sock.setblocking(False)
             self._drain(sock)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            log.warning("cannot set up raw %s socket: %s", _label(family, proto), exc)
+            return None
         assert self.loop is not None
         self.loop.add_reader(sock.fileno(), self._readable, endpoint)
         return endpoint
@@ -273,7 +277,10 @@ class RawCapture:
         kept: list[_Endpoint] = []
         for endpoint in self.endpoints:
             if (endpoint.family, endpoint.proto) in wanted:
-                self._attach_plan(endpoint)
+                try:
+                    self._attach_plan(endpoint)
+                except OSError as exc:  # the previous filter stays; Python checks the plan anyway
+                    log.warning("cannot update the %s filter: %s", _label(endpoint.family, endpoint.proto), exc)
                 kept.append(endpoint)
                 wanted.discard((endpoint.family, endpoint.proto))
             else:

@@ -229,3 +229,41 @@ def test_a_port_a_service_just_released_gets_a_grace_period() -> None:
 def test_the_skip_reason_capture_relies_on_is_portplans() -> None:
     config = Config(tcp_modes=("atcp",), udp_modes=())
     assert Skip("tcp", 22, SERVICE_SKIP) in build_plan(config, {22}, set()).skipped
+
+
+def test_socket_failures_are_warnings_not_crashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No raw sockets (no CAP_NET_RAW, IPv6 off, a seccomp filter): set_plan never raises."""
+    import sensor.capture as capture_module
+
+    def refuse(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    async def scenario() -> int:
+        raw = RawCapture(lambda probe: None)
+        raw.start(asyncio.get_running_loop())
+        monkeypatch.setattr(capture_module.socket, "socket", refuse)
+        raw.set_plan(PLAN)
+        opened = len(raw.endpoints)
+        raw.stop()
+        return opened
+
+    assert asyncio.run(scenario()) == 0
+
+
+@pytest.mark.skipif(not RawCapture.is_supported(), reason="needs CAP_NET_RAW")
+def test_a_refused_filter_closes_that_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sensor.capture as capture_module
+
+    def refuse(sock: socket.socket, program: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    async def scenario() -> int:
+        raw = RawCapture(lambda probe: None)
+        raw.start(asyncio.get_running_loop())
+        monkeypatch.setattr(capture_module, "_attach", refuse)
+        raw.set_plan(PLAN)
+        opened = len(raw.endpoints)
+        raw.stop()
+        return opened
+
+    assert asyncio.run(scenario()) == 0
