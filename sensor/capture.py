@@ -24,8 +24,8 @@ Needs CAP_NET_RAW.  Malformed packets are counted and dropped, never raised.
 
 from __future__ import annotations
 
+import array
 import asyncio
-import ctypes
 import errno
 import ipaddress
 import logging
@@ -99,8 +99,8 @@ RANGE_BUDGETS = (bpf.MAX_RANGES, 400, 200, 100, 50, 20, 1)
 def _attach(sock: socket.socket, program: list[bpf.Insn]) -> None:
     """SO_ATTACH_FILTER: struct sock_fprog {u16 len; struct sock_filter *filter}."""
     code = bpf.encode(program)
-    buffer = ctypes.create_string_buffer(code, len(code))
-    fprog = struct.pack("HL", len(program), ctypes.addressof(buffer))
+    buffer = array.array("B", code)   # stays alive until setsockopt has copied it (no ctypes needed)
+    fprog = struct.pack("HL", len(program), buffer.buffer_info()[0])
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
