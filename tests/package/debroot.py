@@ -177,7 +177,10 @@ def fresh_root(where: Path) -> DebianRoot:
     return root
 
 
-def build_deb() -> Path:
-    """tools/build-deb; returns the .deb it made."""
-    result = run([str(REPO / "tools" / "build-deb")], timeout=600)
+def build_deb(version: str = "", dist: Path | None = None) -> Path:
+    """tools/build-deb; returns the .deb it made (``version``: a newer test version, into ``dist``)."""
+    env = dict(ENV)
+    if version:
+        env.update(PORTSENTRY_DEB_VERSION=version, PORTSENTRY_DEB_DIST=str(dist))
+    result = run([str(REPO / "tools" / "build-deb")], timeout=600, env=env)
     return REPO / result.stdout.strip().splitlines()[-1]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from debroot import ENV, DebianRoot
+from debroot import ENV, DebianRoot, build_deb
 
 pytestmark = pytest.mark.package
 
@@ -42,6 +42,7 @@ class Installed:
 
     root: DebianRoot
     before: dict[str, str]
+    output: str
 
 
 def depends(deb: Path) -> list[str]:
@@ -80,12 +81,14 @@ def installed(debian_root: DebianRoot, deb: Path) -> Iterator[Installed]:
     root.sh("apt-get install -y -qq " + " ".join(depends(deb)), timeout=600)
     start_fail2ban(root)
     try:
+        # A PortSentry leftover: postinst must point to import-config/migrate-bans.
+        root.sh("mkdir -p /etc/portsentry && touch /etc/portsentry/portsentry.conf")
         before = root.snapshot()
         (root.file("/tmp") / deb.name).write_bytes(deb.read_bytes())
         result = root.sh(f"apt-get install -y /tmp/{deb.name}", timeout=600)
         (root.file("/tmp") / deb.name).unlink()
         assert "1 newly installed" in result.stdout, result.stdout
-        yield Installed(root, before)
+        yield Installed(root, before, result.stdout + result.stderr)
     finally:
         stop_fail2ban(root)
 
@@ -93,6 +96,11 @@ def installed(debian_root: DebianRoot, deb: Path) -> Iterator[Installed]:
 def test_apt_installs_the_package(installed: Installed) -> None:
     status = installed.root.sh(f"dpkg-query -W -f='${{Status}} ${{Version}}' {PKG}").stdout
     assert status.startswith("install ok installed"), status
+
+
+def test_postinst_points_portsentry_users_to_the_migration_commands(installed: Installed) -> None:
+    hint = [line for line in installed.output.splitlines() if "/etc/portsentry" in line]
+    assert len(hint) == 1 and "import-config" in hint[0] and "migrate-bans" in hint[0], installed.output
 
 
 def test_code_is_private_and_byte_compiled(installed: Installed) -> None:
@@ -226,7 +234,28 @@ def test_reinstall_keeps_an_edited_conffile(installed: Installed, deb: Path) -> 
     root.sh("portsentry-sensor check --quiet")
 
 
-def test_remove_keeps_conffiles_and_drops_the_jail_reload(installed: Installed) -> None:
+def test_upgrade_keeps_admin_edits_the_user_and_the_jail(installed: Installed,
+                                                         tmp_path_factory: pytest.TempPathFactory) -> None:
+    """An upgrade to a newer version: edited conffile kept silently, same user, unit enabled, jail up."""
+    root = installed.root
+    newer = build_deb("0.1.0+upgradetest1", tmp_path_factory.mktemp("newer"))
+    ignore = root.file("/etc/portsentry-sensor/portsentry.ignore")
+    ignore.write_text(ignore.read_text() + "203.0.113.0/24\n")
+    uid = root.sh(f"id -u {USER}").stdout
+    (root.file("/tmp") / newer.name).write_bytes(newer.read_bytes())
+    result = root.sh(f"apt-get install -y /tmp/{newer.name}", timeout=300)
+    (root.file("/tmp") / newer.name).unlink()
+    assert "1 upgraded" in result.stdout, result.stdout
+    assert root.sh(f"dpkg-query -W -f='${{Version}}' {PKG}").stdout == "0.1.0+upgradetest1"
+    assert "203.0.113.0/24" in ignore.read_text()
+    assert not list(root.file("/etc/portsentry-sensor").glob("*.dpkg-*"))
+    assert root.sh(f"id -u {USER}").stdout == uid
+    assert root.file("/etc/systemd/system/multi-user.target.wants/portsentry-sensor.service").is_symlink()
+    assert root.sh("fail2ban-client status portsentry", check=False).returncode == 0
+    root.sh("portsentry-sensor check --quiet")
+
+
+def test_remove_keeps_the_conffiles_and_drops_the_code(installed: Installed) -> None:
     root = installed.root
     root.sh(f"apt-get remove -y {PKG}", timeout=300)
     assert not root.file("/usr/sbin/portsentry-sensor").exists()
