@@ -131,7 +131,12 @@ class DebianRoot:
 
 def _bootstrap(target: Path) -> None:
     """debootstrap minbase bookworm, forbid service starts, download our Depends."""
-    run(["debootstrap", "--variant=minbase", SUITE, str(target), MIRROR], timeout=900)
+    for attempt in (1, 2):  # one retry: a mirror hiccup should not fail the suite
+        result = run(["debootstrap", "--variant=minbase", SUITE, str(target), MIRROR], timeout=900,
+                     check=attempt == 2)
+        if result.returncode == 0:
+            break
+        shutil.rmtree(target)
     policy = target / "usr/sbin/policy-rc.d"
     policy.write_text(POLICY_RC_D)
     policy.chmod(0o755)
