@@ -27,7 +27,7 @@ from sensor import sdnotify
 from sensor.alert import Alert, format_admin, format_alert
 from sensor.config import Config, ConfigError, load_config
 from sensor.detector import Detector, DetectorSettings, Probe
-from sensor.ignore import IgnoreFileError, IgnoreList, local_addresses, local_networks, read_ignore_file
+from sensor.ignore import IgnoreFileError, IgnoreList, Network, local_addresses, local_networks, read_ignore_file
 from sensor.listeners import BoundListeners
 from sensor.portplan import PortPlan, build_plan, read_listening
 from sensor.sinks import Emitter, sinks_for
@@ -46,13 +46,18 @@ class Loaded:
 
     config: Config
     ignore: IgnoreList
+    configured: tuple[Network, ...] = ()
+
+    def with_local(self, local: Iterable[Network]) -> Loaded:
+        """The same configuration with this host's current addresses in the ignore list."""
+        return Loaded(self.config, IgnoreList.build(self.configured, local), self.configured)
 
 
 def load_all(path: str, defaults: Iterable[str] | None, proc: str = "/proc") -> Loaded:
     """Load config and ignore file; raises ConfigError or IgnoreFileError."""
     config = load_config(path, defaults)
     configured = read_ignore_file(config.ignore_file) if config.ignore_file else ()
-    return Loaded(config, IgnoreList.build(configured, local_networks(proc)))
+    return Loaded(config, IgnoreList.build(configured, local_networks(proc)), configured)
 
 
 def detector_settings(config: Config) -> DetectorSettings:
@@ -231,7 +236,7 @@ class Sensor:
             return
         ignore = IgnoreList.build(configured, local_networks(self.proc))
         if ignore != self.loaded.ignore:
-            self.loaded = Loaded(config, ignore)
+            self.loaded = Loaded(config, ignore, configured)
             self.admin(f"ignore list reloaded from {config.ignore_file}: {len(configured)} entries")
 
     def _watch_ignore_file(self) -> None:
@@ -264,13 +269,28 @@ class Sensor:
                 sdnotify.send(sdnotify.watchdog())
 
     async def refresh_plan(self) -> None:
-        """Follow real services starting and stopping (advanced/stealth modes)."""
+        """Follow real services starting and stopping, and this host's addresses changing."""
+        local = local_networks(self.proc)
+        moved = self.loaded.with_local(local)
+        if moved.ignore != self.loaded.ignore:
+            self.loaded = moved
+            if self.capture is not None:
+                self.capture.set_local(str(n.network_address) for n in local)
         if not (self.plan.tcp_raw_mode or self.plan.udp_raw_mode):
             return
         plan = self.compute_plan()
         if plan != self.plan:
             self.plan = plan
             self._apply_capture()
+
+    def capture_stats(self) -> str:
+        """The raw capture's counters, for the stop and reload lines."""
+        if self.capture is None:
+            return ""
+        with contextlib.suppress(Exception):
+            self.capture.kernel_drops()
+        stats = getattr(self.capture, "stats", {})
+        return "; capture: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items()))
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the exit code."""
@@ -290,8 +310,9 @@ class Sensor:
         sdnotify.send(sdnotify.ready(self.status()))
         await self.tick()
         sdnotify.send(sdnotify.stopping())
+        stats = self.capture_stats()
         self.shutdown()
-        self.admin("stopped")
+        self.admin(f"stopped{stats}")
         return 0
 
     def shutdown(self) -> None:

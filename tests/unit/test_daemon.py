@@ -87,3 +87,19 @@ def test_soft_fd_limit_is_raised_to_the_hard_one() -> None:
     out = subprocess.run(["prlimit", f"--nofile={low}:{hard}", sys.executable, "-c", code],
                          capture_output=True, text=True, check=True, cwd=str(Path(__file__).parents[2]))
     assert out.stdout.split() == [str(hard), str(hard)]
+
+
+def test_new_host_address_joins_the_ignore_list(tmp_path: Path) -> None:
+    """An address added to an interface after start is this host's own: never reported."""
+    proc = tmp_path / "proc"
+    (proc / "net").mkdir(parents=True)
+    (proc / "net" / "fib_trie").write_text("")
+    (proc / "net" / "if_inet6").write_text("")
+    for name in ("tcp", "tcp6", "udp", "udp6"):
+        (proc / "net" / name).write_text("header\n")
+    path = conf(tmp_path, str(free_port()))
+    sensor = Sensor(str(path), defaults=[], proc=str(proc))
+    assert "203.0.113.50" not in sensor.loaded.ignore
+    (proc / "net" / "fib_trie").write_text("Local:\n     |-- 203.0.113.50\n        /32 host LOCAL\n")
+    asyncio.run(sensor.refresh_plan())
+    assert "203.0.113.50" in sensor.loaded.ignore
