@@ -421,7 +421,7 @@ def section_ban(world: World, results: Results, settings: Settings) -> None:
             sent[src] = t0
             for port in range(20, 30):
                 world.injector.send(*netio.packet(src, VICTIM4, port))
-            if wait_until(lambda src=src: src in monitor.added, 10, step=0.005):
+            if wait_until(lambda src=src: src in monitor.added, 10, step=0.005):  # type: ignore[misc]
                 values.append(monitor.added[src] - t0)
                 seen = [line.at for line in world.ours.lines(mark) if line.src == src]
                 if seen:
