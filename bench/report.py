@@ -68,10 +68,10 @@ def targets(results: Results) -> str:
     if lat:
         worst = max(lat.values())
         rows.append(("first alert median <= 5 ms (IPv4 and IPv6)", ms(worst) + " (worst family)", worst <= 0.005))
-    for size in (1024, 65535):
-        if f"lines {size}" in m:
-            rows.append((f"<= 3 lines per source per {size:,}-port scan", f"{m[f'lines {size}']:.0f}",
-                         m[f"lines {size}"] <= 3))
+    for key in sorted(k for k in m if k.startswith("lines ")):
+        size, _, family = key[len("lines "):].partition(" ")
+        rows.append((f"<= 3 lines per source per {int(size):,}-port scan {family or 'IPv4'}", f"{m[key]:.0f}",
+                     m[key] <= 3))
     if "cpu_ps" in m:
         rows.append(("flood CPU <= 1/10 of PortSentry's", f"{m['cpu_ours']:.3f} s vs {m['cpu_ps']:.3f} s",
                      m["cpu_ours"] * 10 <= m["cpu_ps"] if m["cpu_ps"] > 0 else None))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import netio
-from lab import ATTACKER4, SYSTEM_PYTHON, VICTIM4, VICTIM6, wait_until
+from lab import ATTACKER4, ATTACKER6, SYSTEM_PYTHON, VICTIM4, VICTIM6, wait_until
 from report import Results, ms, pct
 from sensors import Line, alive, cpu_ns, cpu_seconds, memory_kb
 from world import (
@@ -211,22 +211,19 @@ def section_latency(world: World, results: Results, settings: Settings) -> None:
 
 
 def count_scan(world: World, target: Contender, ports: str, nmap_extra: Sequence[str],
-               stop_first: bool) -> tuple[int, int, int]:
+               stop_first: bool, family: int = 4) -> tuple[int, int, int]:
     """(alert lines, lines naming the source, ports reported) for one SYN scan from the attacker."""
     mark = target.mark()
-    nmap(world.lab, world.lab.attacker, ["-sS", "-p", ports, *nmap_extra, VICTIM4], timeout=300)
+    dst, src = (VICTIM4, ATTACKER4) if family == 4 else (VICTIM6, ATTACKER6)
+    six = ["-6"] if family == 6 else []
+    nmap(world.lab, world.lab.attacker, [*six, "-sS", "-p", ports, *nmap_extra, dst], timeout=300)
     settle(target, 2.0, 60)
     if stop_first:
         target.stop()  # ours writes its closing summary at exit: count everything the scan ever causes
         settle(target, 1.0, 10)
     lines = [line for line in target.lines(mark) if is_alert(line)]
-    naming = [line for line in lines if line.src == ATTACKER4]
-    ports_seen = set()
-    for line in naming:
-        if line.fields:
-            ports_seen.add(line.fields.get("PORTSENTRY_COUNT"))
-        else:
-            ports_seen.add(line.text.rsplit("port:", 1)[-1].strip())
+    naming = [line for line in lines if line.src == src]
+    ports_seen = {line.text.rsplit("port:", 1)[-1].strip() for line in naming if not line.fields}
     if naming and naming[-1].fields:
         return len(lines), len(naming), max(int(line.fields.get("PORTSENTRY_COUNT", 0)) for line in naming)
     return len(lines), len(naming), len(ports_seen)
@@ -252,6 +249,16 @@ def section_lines(world: World, results: Results, settings: Settings) -> None:
         finally:
             world.ps.stop()
         results.put(row, "portsentry", f"{total} lines ({naming} naming the source; {counted} ports logged)")
+        if advanced == 1024:
+            row = "alert lines per source, -6 -sS -p 1-1024 (atcp 1024)"
+            start_ours(world, ("atcp", "audp"), advanced)
+            try:
+                total, naming, counted = count_scan(world, world.ours, ports, extra, stop_first=True, family=6)
+            finally:
+                world.ours.stop()
+            results.put(row, "ours", f"{naming} lines (count={counted} ports in the last line)")
+            results.put(row, "portsentry", "no IPv6 support")
+            results.metric["lines 1024 IPv6"] = naming
 
 
 def http_flood(world: World, requests: int) -> dict[str, Any]:
