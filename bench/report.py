@@ -105,7 +105,8 @@ def notes(results: Results) -> str:
             "blocks on its syslog socket the same way.")
     if "ban" in results.metric:
         out.append("- Scan-to-ban: the alert is in the journal within milliseconds, but journald wakes journal "
-                   "readers in batches (its change notification is deferred by up to 250 ms) and fail2ban's "
+                   "readers in batches (its change notification is deferred, 0.25-0.5 s measured here; see the "
+                   "'journal reader wakes' row) and fail2ban's "
                    "actions thread polls for new tickets at growing intervals (0.2 s, 0.4 s, ...). Those two "
                    "fail2ban/journald intervals make up nearly all of the figure and its spread.")
     out.append("- CPU: time on CPU of all the sensor's threads (schedstat, ns) while the flood ran; our kernel "
