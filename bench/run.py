@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s): {', '.join(unknown)}")
-    command = "sudo " + shlex.join([".venv/bin/python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join([".venv/bin/python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])])
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     load_before = uptime()
     results = Results()
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_after = uptime()
     report = table(results)
     text = (f"\n## Run {started}{' (--quick: sizes reduced, not a result)' if args.quick else ''}\n\n"
-            f"Command: `{command}`  \nTree: {git_head()}  \n"
+            f"Command (as root, in {REPO}): `{command}`  \nTree: {git_head()}  \n"
             f"PortSentry: Debian package portsentry 1.2, unpacked in {ps_root}  \n"
             f"Load before: `{load_before}`  \nLoad after: `{load_after}`\n\n{report}\n\n"
             f"{targets(results)}\n\n{notes(results)}\n")
