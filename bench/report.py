@@ -5,6 +5,7 @@ Pure text from :class:`Results` (plus git and uptime); run.py prints it and appe
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -122,6 +123,18 @@ def git_head() -> str:
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "sensor"], capture_output=True,
                            text=True, check=False).stdout.strip()
     return head + (" + uncommitted changes in sensor/" if dirty else "")
+
+
+def machine() -> str:
+    """CPUs, kernel, the sensor's Python, fail2ban: what the figures depend on."""
+    def out(*args: str) -> str:
+        try:
+            return subprocess.run(list(args), capture_output=True, text=True, check=False,
+                                  timeout=30).stdout.strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "?"
+    return (f"{os.cpu_count()} CPUs, kernel {os.uname().release}, {out('/usr/bin/python3', '--version')}, "
+            f"fail2ban {out('fail2ban-server', '-V')}, {out('nmap', '--version')}")
 
 
 def uptime() -> str:
