@@ -182,6 +182,17 @@ def fresh_root(where: Path) -> DebianRoot:
     return root
 
 
+# What tools/build-deb reads from the source tree (copied into roots for tools/install).
+SHIPPED = ("sensor", "etc", "fail2ban", "doc", "packaging", "tools")
+
+
+def copy_source_tree(target: Path) -> None:
+    """The parts of this tree that tools/install needs, without caches."""
+    for name in SHIPPED:
+        shutil.copytree(REPO / name, target / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
 def build_deb(version: str = "", dist: Path | None = None) -> Path:
     """tools/build-deb; returns the .deb it made (``version``: a newer test version, into ``dist``)."""
     env = dict(ENV)

@@ -1,12 +1,13 @@
 """The installed package under a real systemd: the unit, the jail, a scan, a ban.
 
 Issue 5, done-when 5, with the paths the package installs: a fresh bookworm
-root (debootstrap) gets systemd, our Depends and the .deb, and boots with
+root (debootstrap) gets systemd and the source tree, and boots with
 systemd-nspawn inside a network namespace this test makes (psK-v), joined by
-a veth pair to an attacker namespace (psK-a).  systemd starts
-portsentry-sensor.service (the shipped hardened unit) and fail2ban (with our
-installed jail pack); nmap in psK-a scans; the ban lands in the container's
-own nftables (psK-v), never the host's.
+a veth pair to an attacker namespace (psK-a).  In it, the README's Quick start
+runs as a user would run it (tools/install: build, apt-get install, fail2ban
+up); systemd starts portsentry-sensor.service (the shipped hardened unit) and
+fail2ban (with our installed jail pack); nmap in psK-a scans; the ban lands in
+the container's own nftables (psK-v), never the host's.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from debroot import DebianRoot, require, run
+from debroot import BUILD_DEPENDS, DebianRoot, copy_source_tree, require, run
 
 pytestmark = pytest.mark.package
 
@@ -36,6 +37,7 @@ class Booted:
 
     root: DebianRoot
     leader: int
+    quick_start: subprocess.CompletedProcess[str] | None = None
 
     def sh(self, script: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run a shell script inside the container (all its namespaces), as root."""
@@ -88,22 +90,21 @@ def leader_of(nspawn: subprocess.Popen[str]) -> int | None:
     return None
 
 
-def prepare(root: DebianRoot, deb: Path) -> None:
-    """systemd as init, our .deb with apt; then let services start at boot."""
-    (root.file("/tmp") / deb.name).write_bytes(deb.read_bytes())
-    root.sh(f"apt-get install -y -qq systemd systemd-sysv /tmp/{deb.name}", timeout=600)
-    # Debian 12's stock [sshd] jail stops fail2ban from starting without this
-    # file (no rsyslog in minbase); tools/install handles it on real machines.
-    root.sh("touch /var/log/auth.log")
+def prepare(root: DebianRoot) -> None:
+    """systemd as init, tools/install's build dependencies, the source tree in /src."""
+    root.sh("apt-get install -y -qq --no-install-recommends systemd systemd-sysv " + " ".join(BUILD_DEPENDS),
+            timeout=600)
+    copy_source_tree(root.file("/src"))
     root.file("/usr/sbin/policy-rc.d").unlink()
     root.umount()
 
 
 @pytest.fixture(scope="module")
-def booted(debian_root: DebianRoot, deb: Path) -> Iterator[Booted]:
+def booted(debian_root: DebianRoot) -> Iterator[Booted]:
+    """The root booted under systemd, after the README's Quick start (tools/install) ran in it."""
     require(["systemd-nspawn", "nsenter", "ip", "nmap"])
     root = debian_root
-    prepare(root, deb)
+    prepare(root)
     delete_namespaces()
     make_namespaces()
     nspawn = subprocess.Popen(
@@ -119,6 +120,8 @@ def booted(debian_root: DebianRoot, deb: Path) -> Iterator[Booted]:
         box = Booted(root, leader)
         assert wait_for(lambda: box.sh("systemctl is-system-running", check=False).stdout.strip()
                         in ("running", "degraded"), 90), box.sh("systemctl --failed", check=False).stdout
+        # The Quick start, offline: apt finds our Depends among the root's cached .debs.
+        box.quick_start = box.sh("cd /src && tools/install 2>&1", check=False, timeout=900)
         yield box
     finally:
         if nspawn.poll() is None:
@@ -129,6 +132,14 @@ def booted(debian_root: DebianRoot, deb: Path) -> Iterator[Booted]:
                 os.kill(nspawn.pid, signal.SIGKILL)
                 nspawn.wait(timeout=10)
         delete_namespaces()
+
+
+def test_quick_start_under_systemd_ends_with_the_jail_answering(booted: Booted) -> None:
+    """README Quick start on a fresh Debian 12 with systemd: tools/install, then the jail answers."""
+    assert booted.quick_start is not None
+    out = booted.quick_start.stdout
+    assert booted.quick_start.returncode == 0, out[-4000:]
+    assert "Status for the jail: portsentry" in out and "systemd is not PID 1" not in out, out[-4000:]
 
 
 def test_unit_is_running_and_reported_ready(booted: Booted) -> None:

@@ -10,31 +10,20 @@ fail2ban it starts keeps its nftables rules away from the host.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from debroot import BUILD_DEPENDS, REPO, DebianRoot
+from debroot import BUILD_DEPENDS, DebianRoot, copy_source_tree
 
 pytestmark = pytest.mark.package
-
-# What tools/build-deb reads; nothing else of the tree goes in.
-SHIPPED = ("sensor", "etc", "fail2ban", "doc", "packaging", "tools")
-
-
-def copy_tree(target: Path) -> None:
-    for name in SHIPPED:
-        shutil.copytree(REPO / name, target / name, symlinks=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-
 
 @pytest.fixture(scope="module")
 def quick_start(debian_root: DebianRoot) -> Iterator[subprocess.CompletedProcess[str]]:
     """tools/install run once in the fresh root; services stopped afterwards."""
     root = debian_root
-    copy_tree(root.file("/src"))
+    copy_source_tree(root.file("/src"))
     # Build dependencies from the root's cached .debs (tools/install would fetch
     # them itself; the namespace below has no network).
     root.sh("apt-get install -y -qq --no-install-recommends " + " ".join(BUILD_DEPENDS), timeout=600)
