@@ -83,3 +83,16 @@ def test_unit_runs_unprivileged_with_two_capabilities_and_no_restart_loop() -> N
     assert unit["Type"] == ["notify"] and unit["WatchdogSec"]
     assert unit["Restart"] == ["on-failure"] and unit["RestartPreventExitStatus"] == ["2"]
     assert unit["ProtectSystem"] == ["strict"] and unit["NoNewPrivileges"] == ["yes"]
+
+
+def test_jail_pack_uses_no_path_that_debian_fail2ban_owns(deb: Path) -> None:
+    """Debian's fail2ban already ships filter.d/portsentry.conf: ours must never collide."""
+    require(["dpkg-query"], root=False)
+    owned = run(["dpkg-query", "-L", "fail2ban"], check=False).stdout.splitlines()
+    if not owned:
+        pytest.fail("fail2ban is not installed here (tools/setup-env installs it)")
+    listing = run(["dpkg-deb", "-c", str(deb)]).stdout.splitlines()
+    ours = [line.split()[-1].lstrip(".") for line in listing if line.startswith("-")]
+    pack = [p for p in ours if p.startswith("/etc/fail2ban/")]
+    assert pack, listing
+    assert not set(pack) & set(owned), set(pack) & set(owned)
