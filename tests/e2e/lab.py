@@ -657,3 +657,39 @@ class SensorProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------
+# Reading alerts back (shared by the e2e modules).
+
+Entries = list[dict[str, Any]]
+
+
+def poll_alerts(fetch: Callable[[], Entries], until: Callable[[Entries], bool], timeout: float,
+                sensor: SensorProcess, what: str = "") -> Entries:
+    """Call ``fetch`` until ``until(found)`` holds or time runs out; assert it held; return found."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = fetch()
+        if until(found) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert until(found), (f"alerts {what} never satisfied the condition; got:\n"
+                          + "\n".join(e["MESSAGE"] for e in found)
+                          + f"\nsensor stderr:\n{sensor.stderr_text()}")
+    return found
+
+
+def max_count(found: Entries) -> int:
+    """The highest PORTSENTRY_COUNT among alerts (first alert and summaries)."""
+    return max((int(e["PORTSENTRY_COUNT"]) for e in found), default=0)
+
+
+def first_alerts(found: Entries) -> Entries:
+    """The immediate (non-summary) alerts."""
+    return [e for e in found if e.get("PORTSENTRY_SUMMARY") != "1"]
+
+
+def nmap_ports(seq: Sequence[int]) -> str:
+    """nmap's -p syntax."""
+    return ",".join(map(str, seq))

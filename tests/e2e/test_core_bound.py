@@ -31,6 +31,10 @@ from lab import (
     Journal,
     Lab,
     SensorProcess,
+    first_alerts,
+    max_count,
+    nmap_ports,
+    poll_alerts,
     world_readable_dir,
 )
 
@@ -96,31 +100,7 @@ def wait_alerts(journal: Journal, cursor: str, sensor: SensorProcess,
                 until: Callable[[list[dict[str, Any]]], bool], timeout: float = 15,
                 **match: str) -> list[dict[str, Any]]:
     """Poll this sensor's alerts until ``until(alerts)`` holds; return them (asserting it held)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = alerts(journal, cursor, sensor, **match)
-        if until(found) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert until(found), (f"alerts {match} never satisfied the condition; got:\n"
-                          + "\n".join(e["MESSAGE"] for e in found)
-                          + f"\nsensor stderr:\n{sensor.stderr_text()}")
-    return found
-
-
-def max_count(found: list[dict[str, Any]]) -> int:
-    """The highest PORTSENTRY_COUNT among alerts (first alert and summaries)."""
-    return max((int(e["PORTSENTRY_COUNT"]) for e in found), default=0)
-
-
-def first_alerts(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The immediate (non-summary) alerts."""
-    return [e for e in found if e.get("PORTSENTRY_SUMMARY") != "1"]
-
-
-def ports(seq: tuple[int, ...]) -> str:
-    """nmap's -p syntax."""
-    return ",".join(map(str, seq))
+    return poll_alerts(lambda: alerts(journal, cursor, sensor, **match), until, timeout, sensor, str(match))
 
 
 def nmap_open(output: str, proto: str) -> set[int]:
@@ -142,7 +122,7 @@ def test_connect_scan_is_one_verified_alert_then_a_summary(
     sensor = start_sensor()
     cursor = journald.cursor()
     scanned = (1, 79, 111, 31337)
-    out = lab.nmap(["-sT", "-p", ports(scanned), VICTIM4]).stdout
+    out = lab.nmap(["-sT", "-p", nmap_ports(scanned), VICTIM4]).stdout
     assert nmap_open(out, "tcp") == set(scanned), out  # the tripwires accept connections
 
     found = wait_alerts(journald, cursor, sensor, lambda f: max_count(f) >= len(scanned),
@@ -169,7 +149,7 @@ def test_udp_scan_is_reported_unverified(lab: Lab, journald: Journal, start_sens
     sensor = start_sensor()
     cursor = journald.cursor()
     scanned = (7, 69, 161)
-    lab.nmap(["-sU", "-p", ports(scanned), VICTIM4])
+    lab.nmap(["-sU", "-p", nmap_ports(scanned), VICTIM4])
 
     found = wait_alerts(journald, cursor, sensor, lambda f: max_count(f) >= len(scanned),
                         src=ATTACKER4, proto="udp")
@@ -189,7 +169,7 @@ def test_ipv6_connect_scan_is_reported(lab: Lab, journald: Journal, start_sensor
     sensor = start_sensor()
     cursor = journald.cursor()
     scanned = (79, 143, 1080)
-    out = lab.nmap(["-6", "-sT", "-p", ports(scanned), VICTIM6]).stdout
+    out = lab.nmap(["-6", "-sT", "-p", nmap_ports(scanned), VICTIM6]).stdout
     assert nmap_open(out, "tcp") == set(scanned), out
 
     found = wait_alerts(journald, cursor, sensor, lambda f: max_count(f) >= len(scanned),
@@ -206,10 +186,10 @@ def test_ignored_source_produces_nothing(lab: Lab, journald: Journal, start_sens
     sensor = start_sensor(ignore=f"# trusted scanner\n{SECOND4}\n{SECOND6}/128\n")
     cursor = journald.cursor()
     second = f"{lab.prefix}-b"
-    out = lab.nmap(["-sT", "-p", ports(TCP_WATCHED), VICTIM4], ns=second).stdout
+    out = lab.nmap(["-sT", "-p", nmap_ports(TCP_WATCHED), VICTIM4], ns=second).stdout
     assert nmap_open(out, "tcp") == set(TCP_WATCHED), out  # it did reach the tripwires
-    lab.nmap(["-6", "-sT", "-p", ports(TCP_WATCHED), VICTIM6], ns=second)
-    lab.nmap(["-sU", "-p", ports(UDP_WATCHED), VICTIM4], ns=second)
+    lab.nmap(["-6", "-sT", "-p", nmap_ports(TCP_WATCHED), VICTIM6], ns=second)
+    lab.nmap(["-sU", "-p", nmap_ports(UDP_WATCHED), VICTIM4], ns=second)
     lab.nmap(["-sT", "-p", "79,111", VICTIM4])
 
     wait_alerts(journald, cursor, sensor, lambda f: max_count(f) >= 2, src=ATTACKER4)
@@ -236,7 +216,7 @@ def test_real_service_and_own_traffic_are_never_reported(
     assert own.returncode == 0, own.stderr
     # The first attacker scans the service's port together with watched ports.
     mixed = (SERVICE_PORT, 1, 79, 111)
-    out = lab.nmap(["-sT", "-p", ports(mixed), VICTIM4]).stdout
+    out = lab.nmap(["-sT", "-p", nmap_ports(mixed), VICTIM4]).stdout
     assert nmap_open(out, "tcp") == set(mixed), out
 
     wait_alerts(journald, cursor, sensor, lambda f: max_count(f) >= 3, src=ATTACKER4, proto="tcp")
@@ -294,7 +274,7 @@ def test_sighup_with_a_broken_config_keeps_the_old_one(
 
     # A good config is then taken on the next SIGHUP (so the check above was not vacuous).
     cursor = journald.cursor()
-    sensor.write_config(BASE_CONF.replace(f'TCP_PORTS="{ports(TCP_WATCHED)}"', 'TCP_PORTS="1,79,5555"'))
+    sensor.write_config(BASE_CONF.replace(f'TCP_PORTS="{nmap_ports(TCP_WATCHED)}"', 'TCP_PORTS="1,79,5555"'))
     sensor.reload()
     assert lab_wait(lambda: lab.listening(lab.victim, "tcp", 5555), 10), sensor.stderr_text()
     assert lab_wait(lambda: not lab.listening(lab.victim, "tcp", 111), 10)

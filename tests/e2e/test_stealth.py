@@ -34,7 +34,11 @@ from lab import (
     Journal,
     Lab,
     SensorProcess,
+    first_alerts,
     kill_pid,
+    max_count,
+    nmap_ports,
+    poll_alerts,
 )
 
 sys.path.insert(0, str(REPO_ROOT))
@@ -144,31 +148,7 @@ def alerts(journal: Journal, sensor: SensorProcess, **match: str) -> list[dict[s
 def wait_alerts(journal: Journal, sensor: SensorProcess, until: Callable[[list[dict[str, Any]]], bool],
                 timeout: float = 15, **match: str) -> list[dict[str, Any]]:
     """Poll until ``until(alerts)`` holds; assert it did; return the alerts."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = alerts(journal, sensor, **match)
-        if until(found) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert until(found), (f"alerts {match} never satisfied the condition; got:\n"
-                          + "\n".join(e["MESSAGE"] for e in found)
-                          + f"\nsensor stderr:\n{sensor.stderr_text()}")
-    return found
-
-
-def count(found: list[dict[str, Any]]) -> int:
-    """The highest PORTSENTRY_COUNT (first alert and summaries)."""
-    return max((int(e["PORTSENTRY_COUNT"]) for e in found), default=0)
-
-
-def firsts(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The immediate (non-summary) alerts."""
-    return [e for e in found if e.get("PORTSENTRY_SUMMARY") != "1"]
-
-
-def ports(seq: tuple[int, ...]) -> str:
-    """nmap's -p syntax."""
-    return ",".join(map(str, seq))
+    return poll_alerts(lambda: alerts(journal, sensor, **match), until, timeout, sensor, str(match))
 
 
 # --------------------------------------------------------------------------
@@ -183,11 +163,11 @@ def test_each_raw_scan_type_is_reported(name: str, lab: Lab, journald: Journal,
     scanned = UDP_SCANNED if proto == "udp" else SCANNED
     expected = watched(upper, scanned, (137,) if proto == "udp" else (113,))
     src = addr6 if target == VICTIM6 else addr4
-    result = lab.nmap([*options, "-p", ports(scanned), target], ns=f"{lab.prefix}-{suffix}")
+    result = lab.nmap([*options, "-p", nmap_ports(scanned), target], ns=f"{lab.prefix}-{suffix}")
     assert result.returncode == 0, result.stderr
 
-    found = wait_alerts(journald, sensor, lambda f: count(f) >= len(expected), src=src)
-    first = firsts(found)
+    found = wait_alerts(journald, sensor, lambda f: max_count(f) >= len(expected), src=src)
+    first = first_alerts(found)
     assert len(first) == 1, [e["MESSAGE"] for e in found]
     assert first[0]["MESSAGE"].startswith(f"attackalert: src={src} dst={target} proto={proto} ")
     for entry in found:
@@ -199,14 +179,14 @@ def test_each_raw_scan_type_is_reported(name: str, lab: Lab, journald: Journal,
         assert int(entry["PORTSENTRY_DPORT"]) in expected
         if scan == "unknown":
             assert "TCP unknown-flags (FIN,URG) scan" in entry["MESSAGE"]
-    assert count(found) == len(expected)
+    assert max_count(found) == len(expected)
 
 
 def test_ack_family_scans_are_not_probes(lab: Lab, journald: Journal, sensor: SensorProcess) -> None:
     """nmap -sA, -sW, -sM (ACK, window, FIN/ACK): established-looking traffic, dropped in the kernel."""
     for options in (["-sA"], ["-sW"], ["-sM"], ["-6", "-sA"]):
         target = VICTIM6 if "-6" in options else VICTIM4
-        result = lab.nmap([*options, "-p", ports(SCANNED), target], ns=f"{lab.prefix}-ack")
+        result = lab.nmap([*options, "-p", nmap_ports(SCANNED), target], ns=f"{lab.prefix}-ack")
         assert result.returncode == 0, result.stderr
     time.sleep(1.5)
     assert not alerts(journald, sensor, src=ACK4) + alerts(journald, sensor, src=ACK6)
@@ -336,7 +316,7 @@ def test_a_full_syn_scan_is_one_alert_at_once_and_a_bounded_number_of_lines(
 
     found = alerts(journald, sensor, src=FULL4)
     lines = [e["MESSAGE"] for e in found]
-    assert len(firsts(found)) == 1, lines
+    assert len(first_alerts(found)) == 1, lines
     assert len(found) <= 1 + SUMMARY_MAX_LINES, lines
     assert first_after < 2.0, f"first alert after {first_after:.2f} s"
     counts = [int(e["PORTSENTRY_COUNT"]) for e in found]
@@ -373,13 +353,13 @@ def test_stealth_modes_watch_the_configured_ports_only(lab: Lab, journald: Journ
         ns = f"{lab.prefix}-st"
         lab.nmap(["-sS", "-p", f"1,79,135,136,{EARLY_SERVICE},31337,31338", VICTIM4], ns=ns)
         lab.nmap(["-sU", "-p", "161,162,31337", VICTIM4], ns=ns)
-        tcp = wait_alerts(journald, stealth, lambda f: count(f) >= 4, src=STEALTH4, proto="tcp")
-        udp = wait_alerts(journald, stealth, lambda f: count(f) >= 2, src=STEALTH4, proto="udp")
+        tcp = wait_alerts(journald, stealth, lambda f: max_count(f) >= 4, src=STEALTH4, proto="tcp")
+        udp = wait_alerts(journald, stealth, lambda f: max_count(f) >= 2, src=STEALTH4, proto="udp")
         time.sleep(1.5)
         tcp, udp = alerts(journald, stealth, src=STEALTH4, proto="tcp"), alerts(journald, stealth,
                                                                               src=STEALTH4, proto="udp")
-        assert {e["PORTSENTRY_MODE"] for e in tcp} == {"stcp"} and count(tcp) == 4
-        assert {e["PORTSENTRY_MODE"] for e in udp} == {"sudp"} and count(udp) == 2
+        assert {e["PORTSENTRY_MODE"] for e in tcp} == {"stcp"} and max_count(tcp) == 4
+        assert {e["PORTSENTRY_MODE"] for e in udp} == {"sudp"} and max_count(udp) == 2
         assert {int(e["PORTSENTRY_DPORT"]) for e in tcp} <= {1, 79, 135, 31337}
         assert {int(e["PORTSENTRY_DPORT"]) for e in udp} <= {161, 31337}
         assert stealth.running(), stealth.stderr_text()
