@@ -103,3 +103,34 @@ def test_new_host_address_joins_the_ignore_list(tmp_path: Path) -> None:
     (proc / "net" / "fib_trie").write_text("Local:\n     |-- 203.0.113.50\n        /32 host LOCAL\n")
     asyncio.run(sensor.refresh_plan())
     assert "203.0.113.50" in sensor.loaded.ignore
+
+
+def test_resolve_host_adds_the_escaped_name_last(tmp_path: Path, monkeypatch: object) -> None:
+    """RESOLVE_HOST=1: the reverse-DNS name (attacker-controlled) comes last, made inert."""
+    import pytest as _pytest
+
+    from sensor.alert import Alert
+
+    path = conf(tmp_path, str(free_port()))
+    path.write_text(path.read_text() + 'RESOLVE_HOST="1"\n')
+    sensor = Sensor(str(path), defaults=[])
+    stream = io.StringIO()
+    sensor.emitter = Emitter([StderrSink(stream)])
+    mp = _pytest.MonkeyPatch()
+    mp.setattr(socket, "gethostbyaddr", lambda _a: ("evil src=203.0.113.9\n.example", [], []))
+
+    async def scenario() -> None:
+        sensor.emit_alert(Alert("198.51.100.7", "192.0.2.1", "tcp", 1, "connect", "tcp", True, 1))
+        for _ in range(100):
+            if stream.getvalue():
+                return
+            await asyncio.sleep(0.01)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        mp.undo()
+    line = stream.getvalue().strip()
+    assert line.startswith("portsentry-sensor: attackalert: src=198.51.100.7 ")
+    assert line.endswith(" host=evil_src_203.0.113.9_.example") and line.count("src=") == 1
+    assert line.index("src=198.51.100.7") < line.index("host=")
