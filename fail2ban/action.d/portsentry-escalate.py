@@ -29,10 +29,22 @@ class PortsentryEscalate(ActionBase):
 
     def __init__(self, jail, name, after="4", window="1d"):
         super(PortsentryEscalate, self).__init__(jail, name)
-        self.after = int(after)
-        self.window = MyTime.str2seconds(window)
-        if self.after < 1 or self.window <= 0:
+        self.reload(after, window)
+
+    def clearAllParams(self):
+        """Part of fail2ban's reload protocol: the new parameters come through reload()."""
+
+    def reload(self, after="4", window="1d"):
+        """Take the parameters of a `fail2ban-client reload`.
+
+        Without reload() and clearAllParams(), fail2ban 1.0.2 treats a Python
+        action as obsolete on a jail reload and drops it from the jail: the
+        ladder would silently stop at its last time-limited rung.
+        """
+        after, window = int(after), MyTime.str2seconds(window)
+        if after < 1 or window <= 0:
             raise ValueError("portsentry-escalate: after must be >= 1 and window > 0")
+        self.after, self.window = after, window
 
     def start(self):
         """Nothing to set up: the firewall is the ban action's business."""

@@ -85,6 +85,14 @@ def test_unit_runs_unprivileged_with_two_capabilities_and_no_restart_loop() -> N
     assert unit["ProtectSystem"] == ["strict"] and unit["NoNewPrivileges"] == ["yes"]
 
 
+def test_unit_allows_only_the_socket_families_used_and_enough_descriptors() -> None:
+    """Capture is AF_INET/AF_INET6 raw plus AF_NETLINK sock_diag (never AF_PACKET); setrlimit is filtered."""
+    unit = unit_settings()
+    assert set(unit["RestrictAddressFamilies"][0].split()) == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
+    assert "@resources" in " ".join(unit["SystemCallFilter"])
+    assert int(unit["LimitNOFILE"][0]) >= 16384  # bound mode: two descriptors per watched port
+
+
 def test_jail_pack_uses_no_path_that_debian_fail2ban_owns(deb: Path) -> None:
     """Debian's fail2ban already ships filter.d/portsentry.conf: ours must never collide."""
     require(["dpkg-query"], root=False)
