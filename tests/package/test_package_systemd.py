@@ -7,12 +7,16 @@ a veth pair to an attacker namespace (psK-a).  In it, the README's Quick start
 runs as a user would run it (tools/install: build, apt-get install, fail2ban
 up); systemd starts portsentry-sensor.service (the shipped hardened unit) and
 fail2ban (with our installed jail pack); nmap in psK-a scans; the ban lands in
-the container's own nftables (psK-v), never the host's.
+the container's own nftables (psK-v), never the host's.  Last, an admin's
+jail.d/portsentry.local shortens the ladder: repeated scans end in a permanent
+ban that a `systemctl restart fail2ban` restores from the database and that
+`fail2ban-client set portsentry unbanip` lifts for good.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -166,6 +170,8 @@ def test_runs_as_the_sensor_user_with_only_two_capabilities(booted: Booted) -> N
     net_caps = (1 << 10) | (1 << 13)  # CAP_NET_BIND_SERVICE, CAP_NET_RAW
     assert int(fields["CapEff"], 16) == net_caps and int(fields["CapBnd"], 16) == net_caps
     assert fields["NoNewPrivs"].strip() == "1" and fields["Seccomp"].strip() == "2"
+    limits = booted.sh(f"cat /proc/{pid}/limits").stdout
+    assert re.search(r"^Max open files\s+16384\s+16384", limits, re.M), limits
 
 
 def banned(booted: Booted) -> str:
@@ -231,3 +237,120 @@ def test_reload_applies_and_a_config_error_does_not_loop(booted: Booted) -> None
         conf.write_text(good)
         booted.sh("systemctl reset-failed portsentry-sensor; systemctl start portsentry-sensor", check=False)
     assert booted.show("ActiveState")["ActiveState"] == "active"
+
+
+# -- the escalation ladder with the installed jail pack --------------------
+
+SERVICE_PORT = 8080  # a real service in the container: what a banned attacker loses
+# What an admin writes to shorten the ladder (the knobs of the shipped jail.d/portsentry.conf).
+JAIL_LOCAL = """\
+# Short times for the package test: 2 s, then 6 s, the 3rd ban within 1 h is permanent.
+[portsentry]
+bantime = 2
+bantime.multipliers = 1 3
+escalate_after = 3
+escalate_window = 1h
+"""
+TCP_PROBE = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
+except OSError as exc:
+    print(exc); sys.exit(1)
+"""
+
+
+def connects(booted: Booted) -> bool:
+    """The attacker opens a TCP connection to the container's service."""
+    return run(["nsenter", "-t", str(booted.attacker), "-n", "/usr/bin/python3", "-c", TCP_PROBE,
+                VICTIM_IP, str(SERVICE_PORT)], check=False, timeout=30).returncode == 0
+
+
+def ban_times(booted: Booted) -> dict[str, int]:
+    """`fail2ban-client get portsentry banip --with-time`: address -> bantime in s (-1: permanent)."""
+    out = booted.sh("fail2ban-client get portsentry banip --with-time", check=False).stdout
+    found = {}
+    for line in out.splitlines():
+        match = re.match(r"^(\S+)\s+.*\+\s+(-?\d+)\s+=", line)
+        if match:
+            found[match.group(1)] = int(match.group(2))
+    return found
+
+
+def in_set(booted: Booted) -> bool:
+    return ATTACKER_IP in nft_set(booted, "addr-set-portsentry")
+
+
+def restart_fail2ban(booted: Booted) -> None:
+    """systemctl restart fail2ban, then wait until the jail answers again."""
+    booted.sh("systemctl restart fail2ban")
+    assert wait_for(lambda: booted.sh("fail2ban-client status portsentry", check=False).returncode == 0, 30), \
+        booted.sh("tail -n 30 /var/log/fail2ban.log", check=False).stdout
+
+
+def syn_probe(booted: Booted) -> None:
+    """One SYN to one unused port below 1024: one alert, no summary to prolong the ban."""
+    booted.attack("nmap", "-n", "-Pn", "-sS", "-p", "23", "--max-retries", "0", VICTIM_IP)
+
+
+@pytest.fixture
+def tuned(booted: Booted) -> Iterator[Booted]:
+    """The admin's .local with short times, the sensor's scan window shortened, a web service up."""
+    local = booted.root.file("/etc/fail2ban/jail.d/portsentry.local")
+    conf = booted.root.file("/etc/portsentry-sensor/portsentry.conf")
+    good = conf.read_text()
+    try:
+        local.write_text(JAIL_LOCAL)
+        # A new alert per scan needs a scan window shorter than the test's bans (shipped: 300 s).
+        conf.write_text(re.sub(r"^SCAN_WINDOW=.*$", 'SCAN_WINDOW="1"', good, flags=re.M))
+        # A restart (not a reload) drops the sensor's open windows: their closing summaries
+        # (earlier tests' scans) are written now, not in the middle of the ladder.
+        booted.sh("systemctl restart portsentry-sensor && fail2ban-client reload")
+        time.sleep(2)  # fail2ban reads those lines within a second
+        # Earlier tests' bans and their history (unbanip also forgets it): the ladder starts at 1.
+        booted.sh(f"fail2ban-client set portsentry unbanip {ATTACKER_IP}", check=False)
+        booted.sh(f"systemd-run --unit=pskg-web --collect python3 -m http.server {SERVICE_PORT} "
+                  f"--bind {VICTIM_IP}")
+        yield booted
+    finally:
+        booted.sh("systemctl stop pskg-web", check=False)
+        local.unlink(missing_ok=True)
+        conf.write_text(good)
+        booted.sh(f"fail2ban-client set portsentry unbanip {ATTACKER_IP}; fail2ban-client reload; "
+                  "systemctl reload portsentry-sensor", check=False)
+
+
+def test_repeat_offender_is_banned_for_good_across_restarts_and_unbanip_lifts_it(tuned: Booted) -> None:
+    """The installed ladder: 2 s, 6 s, permanent; restored after a restart; unbanip lifts it for good."""
+    booted = tuned
+    assert booted.sh("fail2ban-client get portsentry bantime").stdout.strip() == "2"
+    # The Python action keeps its place (and takes the new count) across `fail2ban-client reload`.
+    assert "portsentry-escalate" in booted.sh("fail2ban-client get portsentry actions").stdout
+    assert booted.sh("fail2ban-client get portsentry action portsentry-escalate after").stdout.strip() == "3"
+    assert wait_for(lambda: connects(booted), 10), "the service is unreachable before any scan:\n" + \
+        booted.sh("journalctl -u pskg-web --no-pager -n 20; cat /proc/net/tcp; nft list ruleset",
+                  check=False).stdout
+    for low, high in ((2, 4), (6, 8)):
+        syn_probe(booted)
+        assert wait_for(lambda: in_set(booted), 15), ban_times(booted)
+        time.sleep(0.5)  # the observer raises the bantime right after the ban
+        assert low <= ban_times(booted).get(ATTACKER_IP, 0) <= high, ban_times(booted)
+        assert wait_for(lambda: not in_set(booted), 15), "a time-limited ban did not expire"
+    syn_probe(booted)
+    assert wait_for(lambda: ban_times(booted).get(ATTACKER_IP) == -1, 15), ban_times(booted)
+    assert f"Permanent ban {ATTACKER_IP}" in booted.sh("cat /var/log/fail2ban.log").stdout
+    time.sleep(7)  # longer than any time-limited rung
+    assert in_set(booted) and not connects(booted)
+
+    restart_fail2ban(booted)
+    assert wait_for(lambda: in_set(booted), 15), "the permanent ban was not restored after a restart"
+    assert ban_times(booted).get(ATTACKER_IP) == -1, ban_times(booted)
+    assert f"Restore Ban {ATTACKER_IP}" in booted.sh("cat /var/log/fail2ban.log").stdout
+    assert not connects(booted)
+
+    booted.sh(f"fail2ban-client set portsentry unbanip {ATTACKER_IP}")
+    assert wait_for(lambda: not in_set(booted), 5) and wait_for(lambda: connects(booted), 5)
+    restart_fail2ban(booted)
+    time.sleep(2)  # restored bans land within a second of the jail's start
+    assert not in_set(booted) and ATTACKER_IP not in ban_times(booted), "unbanip did not stick"
+    assert connects(booted)
