@@ -23,7 +23,7 @@ def tool(name: str) -> str:
 
 
 def test_ruff() -> None:
-    result = subprocess.run([tool("ruff"), "check", "sensor", "tests", "bench"], cwd=REPO,
+    result = subprocess.run([tool("ruff"), "check", "sensor", "tests", "bench", "fail2ban/action.d"], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

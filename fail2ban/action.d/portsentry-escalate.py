@@ -28,7 +28,7 @@ class PortsentryEscalate(ActionBase):
     """Turn the <after>-th ban of an address within <window> into a permanent ban."""
 
     def __init__(self, jail, name, after="4", window="1d"):
-        super(PortsentryEscalate, self).__init__(jail, name)
+        super().__init__(jail, name)
         self.reload(after, window)
 
     def clearAllParams(self):
