@@ -41,12 +41,17 @@ def _journal_send() -> Callable[..., Any] | None:
         from systemd import journal  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
-    send: Callable[..., Any] = journal.send
+    sendv: Callable[..., Any] = journal.sendv
+
+    def send(message: str, **fields: str) -> None:
+        # sendv, not journal.send: send() walks the Python stack for CODE_FILE/LINE/FUNC
+        # on every call (about 8% of the per-alert cost, measured in bench/).
+        sendv(f"MESSAGE={message}", *(f"{key}={value}" for key, value in fields.items()))
     return send
 
 
 class JournalSink:
-    """journald through python3-systemd's ``journal.send``."""
+    """journald through python3-systemd's native API (``journal.sendv``)."""
 
     name = "journald"
 
