@@ -101,6 +101,7 @@ class Sensor:
         self.observer: Any = None
         self.reloads = 0
         self.reload_task: asyncio.Task[None] | None = None
+        self.unbound: set[tuple[str, int]] = set()   # bound-mode ports that could not be bound
         self.reload_again = False
 
     # --- events ------------------------------------------------------------
@@ -145,12 +146,21 @@ class Sensor:
     async def apply_plan(self) -> None:
         """Bind/unbind tripwires and hand the raw plan to the capture."""
         plan = self.compute_plan()
-        failures = await self.listeners.apply(plan.tcp_bound, plan.udp_bound,
-                                              self.loaded.config.port_banner)
-        for failure in failures:
-            self.admin(f"warning: {failure}", 4)
+        await self.bind(plan, quiet_repeats=False)
         self.plan = self.compute_plan()
         self._apply_capture()
+
+    async def bind(self, plan: PortPlan, quiet_repeats: bool) -> None:
+        """Bind the plan's tripwires; warn about ports that fail (once per port when retrying)."""
+        failures = await self.listeners.apply(plan.tcp_bound, plan.udp_bound, self.loaded.config.port_banner)
+        failed = {(f.proto, f.port) for f in failures}
+        for failure in failures:
+            if not quiet_repeats or (failure.proto, failure.port) not in self.unbound:
+                self.admin(f"warning: {failure}", 4)
+        for proto, port in sorted(self.unbound - failed):
+            if port in self.listeners.watched(proto):
+                self.admin(f"{proto.upper()} port {port} is free now and watched")
+        self.unbound = failed
 
     def _apply_capture(self) -> None:
         wants_raw = bool(self.plan.tcp_raw or self.plan.udp_raw)
@@ -276,6 +286,8 @@ class Sensor:
             self.loaded = moved
             if self.capture is not None:
                 self.capture.set_local(str(n.network_address) for n in local)
+        if self.unbound:  # e.g. a port PortSentry left in TIME_WAIT: retry it quietly
+            await self.bind(self.plan, quiet_repeats=True)
         if not (self.plan.tcp_raw_mode or self.plan.udp_raw_mode):
             return
         plan = self.compute_plan()

@@ -134,3 +134,33 @@ def test_resolve_host_adds_the_escaped_name_last(tmp_path: Path, monkeypatch: ob
     assert line.startswith("portsentry-sensor: attackalert: src=198.51.100.7 ")
     assert line.endswith(" host=evil_src_203.0.113.9_.example") and line.count("src=") == 1
     assert line.index("src=198.51.100.7") < line.index("host=")
+
+
+def test_port_busy_at_start_is_watched_once_freed(tmp_path: Path) -> None:
+    """Regression (bench finding): a port busy at start (PortSentry's TIME_WAIT) stayed unwatched until SIGHUP."""
+    busy = socket.socket(socket.AF_INET6)  # dual-stack: holds the port on IPv4 and IPv6
+    busy.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    busy.bind(("::", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    path = conf(tmp_path, str(port))
+    sensor = Sensor(str(path), defaults=[])
+    stream = io.StringIO()
+    sensor.emitter = Emitter([StderrSink(stream)])
+
+    async def scenario() -> tuple[list[int], list[int], list[int]]:
+        await sensor.apply_plan()
+        first = sensor.listeners.watched("tcp")
+        await sensor.refresh_plan()
+        still = sensor.listeners.watched("tcp")
+        busy.close()
+        await sensor.refresh_plan()
+        after = sensor.listeners.watched("tcp")
+        sensor.shutdown()
+        return first, still, after
+
+    first, still, after = asyncio.run(scenario())
+    log = stream.getvalue()
+    assert first == [] and still == [] and after == [port]
+    assert log.count(f"TCP port {port} (") == 1  # warned once, not on every retry
+    assert f"TCP port {port} is free now and watched" in log
