@@ -101,7 +101,7 @@ class Sensor:
         self.observer: Any = None
         self.reloads = 0
         self.reload_task: asyncio.Task[None] | None = None
-        self.unbound: set[tuple[str, int]] = set()   # bound-mode ports that could not be bound
+        self.unbound: set[tuple[str, int]] = set()   # bound-mode ports to retry
         self.reload_again = False
 
     # --- events ------------------------------------------------------------
@@ -152,15 +152,21 @@ class Sensor:
 
     async def bind(self, plan: PortPlan, quiet_repeats: bool) -> None:
         """Bind the plan's tripwires; warn about ports that fail (once per port when retrying)."""
-        failures = await self.listeners.apply(plan.tcp_bound, plan.udp_bound, self.loaded.config.port_banner)
-        failed = {(f.proto, f.port) for f in failures}
+        tcp, udp = plan.tcp_bound, plan.udp_bound
+        if quiet_repeats:  # a retry: what is bound now plus the ports worth retrying, nothing else
+            tcp, udp = (tuple(sorted(set(self.listeners.watched(proto)) | {p for q, p in self.unbound if q == proto}))
+                        for proto in ("tcp", "udp"))
+        failures = await self.listeners.apply(tcp, udp, self.loaded.config.port_banner)
         for failure in failures:
             if not quiet_repeats or (failure.proto, failure.port) not in self.unbound:
                 self.admin(f"warning: {failure}", 4)
-        for proto, port in sorted(self.unbound - failed):
+        for proto, port in sorted(self.unbound):
             if port in self.listeners.watched(proto):
                 self.admin(f"{proto.upper()} port {port} is free now and watched")
-        self.unbound = failed
+        # Retry later only ports no service listens on (a TIME_WAIT left by PortSentry, say):
+        # a real service's port is never taken over while that service restarts.
+        listening = {"tcp": read_listening("tcp", self.proc), "udp": read_listening("udp", self.proc)}
+        self.unbound = {(f.proto, f.port) for f in failures if f.port not in listening[f.proto]}
 
     def _apply_capture(self) -> None:
         wants_raw = bool(self.plan.tcp_raw or self.plan.udp_raw)

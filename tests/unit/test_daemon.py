@@ -137,13 +137,20 @@ def test_resolve_host_adds_the_escaped_name_last(tmp_path: Path, monkeypatch: ob
 
 
 def test_port_busy_at_start_is_watched_once_freed(tmp_path: Path) -> None:
-    """Regression (bench finding): a port busy at start (PortSentry's TIME_WAIT) stayed unwatched until SIGHUP."""
-    busy = socket.socket(socket.AF_INET6)  # dual-stack: holds the port on IPv4 and IPv6
-    busy.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    busy.bind(("::", 0))
-    busy.listen()
-    port = busy.getsockname()[1]
-    path = conf(tmp_path, str(port))
+    """Regression (bench finding): a port busy at start (PortSentry's TIME_WAIT) stayed unwatched until SIGHUP.
+
+    A port a real service listens on is not retried: the sensor must never take it over while
+    that service restarts.
+    """
+    lingering = socket.socket(socket.AF_INET6)  # bound, not listening, no SO_REUSEADDR: like TIME_WAIT
+    lingering.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    lingering.bind(("::", 0))
+    service = socket.socket(socket.AF_INET6)
+    service.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    service.bind(("::", 0))
+    service.listen()
+    port, held = lingering.getsockname()[1], service.getsockname()[1]
+    path = conf(tmp_path, f"{port},{held}")
     sensor = Sensor(str(path), defaults=[])
     stream = io.StringIO()
     sensor.emitter = Emitter([StderrSink(stream)])
@@ -153,7 +160,8 @@ def test_port_busy_at_start_is_watched_once_freed(tmp_path: Path) -> None:
         first = sensor.listeners.watched("tcp")
         await sensor.refresh_plan()
         still = sensor.listeners.watched("tcp")
-        busy.close()
+        lingering.close()
+        service.close()
         await sensor.refresh_plan()
         after = sensor.listeners.watched("tcp")
         sensor.shutdown()
@@ -164,3 +172,4 @@ def test_port_busy_at_start_is_watched_once_freed(tmp_path: Path) -> None:
     assert first == [] and still == [] and after == [port]
     assert log.count(f"TCP port {port} (") == 1  # warned once, not on every retry
     assert f"TCP port {port} is free now and watched" in log
+    assert log.count(f"TCP port {held} (") == 1 and f"TCP port {held} is free" not in log
