@@ -31,8 +31,9 @@ def render_plan(config: Config, plan: PortPlan, in_use: dict[str, set[int]]) -> 
         if not modes:
             lines.append(f"{proto.upper()}: off")
             continue
+        origin = dict(config.origins).get(f"{proto.upper()}_MODE", "built-in default")
         for mode in modes:
-            lines.append(f"{proto.upper()}: mode {mode} ({MODE_TEXT[mode]})")
+            lines.append(f"{proto.upper()}: mode {mode} ({MODE_TEXT[mode]}; from {origin})")
             if mode == proto:
                 bound = plan.tcp_bound if proto == "tcp" else plan.udp_bound
                 busy = [p for p in bound if p in in_use[proto]]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sensor import sdnotify
-from sensor.alert import Alert, format_admin, format_alert
+from sensor.alert import PRIORITY_ERR, PRIORITY_NOTICE, PRIORITY_WARNING, Alert, format_admin, format_alert
 from sensor.config import Config, ConfigError, load_config
 from sensor.detector import Detector, DetectorSettings, Probe
 from sensor.ignore import IgnoreFileError, IgnoreList, Network, local_addresses, local_networks, read_ignore_file
@@ -105,7 +105,7 @@ class Sensor:
         self.reload_again = False
 
     # --- events ------------------------------------------------------------
-    def admin(self, text: str, priority: int = 5) -> None:
+    def admin(self, text: str, priority: int = PRIORITY_NOTICE) -> None:
         """A status line (never matches the fail2ban filter)."""
         self.emitter.emit(format_admin(text), {"PRIORITY": str(priority),
                                                "SYSLOG_IDENTIFIER": "portsentry-sensor"})
@@ -159,7 +159,7 @@ class Sensor:
         failures = await self.listeners.apply(tcp, udp, self.loaded.config.port_banner)
         for failure in failures:
             if not quiet_repeats or (failure.proto, failure.port) not in self.unbound:
-                self.admin(f"warning: {failure}", 4)
+                self.admin(f"warning: {failure}", PRIORITY_WARNING)
         for proto, port in sorted(self.unbound):
             if port in self.listeners.watched(proto):
                 self.admin(f"{proto.upper()} port {port} is free now and watched")
@@ -186,11 +186,11 @@ class Sensor:
         try:
             from sensor.capture import RawCapture
         except ImportError:
-            self.admin("warning: raw-socket capture is not available in this build", 4)
+            self.admin("warning: raw-socket capture is not available in this build", PRIORITY_WARNING)
             return None
         if not RawCapture.is_supported():
             self.admin("warning: no CAP_NET_RAW: stealth/advanced modes are off; "
-                       "only bound modes (tcp/udp) work", 4)
+                       "only bound modes (tcp/udp) work", PRIORITY_WARNING)
             return None
         capture = RawCapture(self.on_probe)
         capture.start(asyncio.get_running_loop())
@@ -230,13 +230,13 @@ class Sensor:
         try:
             loaded = load_all(self.path, self.defaults, self.proc)
         except (ConfigError, IgnoreFileError) as exc:
-            self.admin(f"reload failed, keeping the previous configuration: {exc}", 3)
+            self.admin(f"reload failed, keeping the previous configuration: {exc}", PRIORITY_ERR)
             sdnotify.send(sdnotify.ready(self.status()))
             return
         self.loaded = loaded
         self.detector.settings = detector_settings(loaded.config)
         for warning in loaded.config.warnings:
-            self.admin(f"warning: {warning}", 4)
+            self.admin(f"warning: {warning}", PRIORITY_WARNING)
         await self.apply_plan()
         self._watch_ignore_file()
         self.admin(f"configuration reloaded from {self.path}; {self.status()}")
@@ -248,7 +248,7 @@ class Sensor:
         try:
             configured = read_ignore_file(config.ignore_file)
         except IgnoreFileError as exc:
-            self.admin(f"ignore file not reloaded, keeping the previous list: {exc}", 3)
+            self.admin(f"ignore file not reloaded, keeping the previous list: {exc}", PRIORITY_ERR)
             return
         ignore = IgnoreList.build(configured, local_networks(self.proc))
         if ignore != self.loaded.ignore:
@@ -315,7 +315,7 @@ class Sensor:
         loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
         for warning in self.loaded.config.warnings:
-            self.admin(f"warning: {warning}", 4)
+            self.admin(f"warning: {warning}", PRIORITY_WARNING)
         await self.apply_plan()
         if self.watching() == 0:
             self.listeners.close()

@@ -147,7 +147,7 @@ class Emitter:
 
     def _deliver(self, message: str, fields: dict[str, str]) -> str | None:
         for sink in self.sinks:
-            if sink.write(message, fields):
+            if sink.is_supported() and sink.write(message, fields):
                 return sink.name
         return None
 

@@ -37,7 +37,8 @@ def test_check_bad_ignore_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_check_prints_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "-c", str(REPO / "etc" / "portsentry.conf")]) == 0
     out = capsys.readouterr().out
-    assert "TCP: mode atcp" in out and "skipped 113,139: excluded (ADVANCED_EXCLUDE)" in out
+    assert "TCP: mode atcp (raw sockets, every unused port; from " in out
+    assert "skipped 113,139: excluded (ADVANCED_EXCLUDE)" in out
 
 
 def test_render_plan_shows_busy_ports() -> None:
@@ -45,7 +46,8 @@ def test_render_plan_shows_busy_ports() -> None:
                          [str(REPO / "tests" / "roots" / "debian-stock" / "etc" / "default" / "portsentry")])
     plan = build_plan(config, {111}, set())
     lines = render_plan(config, plan, {"tcp": {111}, "udp": set()})
-    assert "TCP: mode tcp (bound sockets)" in lines
+    defaults = REPO / "tests" / "roots" / "debian-stock" / "etc" / "default" / "portsentry"
+    assert f"TCP: mode tcp (bound sockets; from {defaults}:2)" in lines  # where the mode came from
     assert "    skipped 111: already in use by another program" in lines
 
 
