@@ -1,7 +1,8 @@
 """A private fail2ban-server with our jail pack, running inside the lab's victim namespace.
 
-The config dir is /etc/fail2ban (for the stock includes: common.conf, nftables.conf)
-minus the distribution's enabled jails, plus our fail2ban/ pack, plus a test .local.
+The config dir is Debian's pristine /etc/fail2ban (tests/pristine.py: the stock
+includes common.conf, nftables.conf, never an admin's .local) minus the distribution's
+enabled jails, plus our fail2ban/ pack, plus a test .local.
 Socket, pidfile, database and log are the test's own, so nothing touches a system
 fail2ban.  nftables rules land in the victim namespace only (the server runs there).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,16 +20,18 @@ from typing import Any
 from lab import Lab, kill_pid, run, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT / "tests") not in sys.path:  # bench/ imports this module outside pytest
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+from pristine import copy_pristine  # noqa: E402
+
 PACK = REPO_ROOT / "fail2ban"
-SYSTEM_CONF = Path("/etc/fail2ban")
 JAIL = "portsentry"
 TABLE = ("inet", "f2b-table")
 
 
 def build_confdir(workdir: Path, jail_local: str) -> Path:
-    """/etc/fail2ban without its enabled jails, our pack over it, and a jail .local."""
-    confdir = workdir / "fail2ban"
-    shutil.copytree(SYSTEM_CONF, confdir, symlinks=True)
+    """Pristine /etc/fail2ban without its enabled jails, our pack over it, and a jail .local."""
+    confdir = copy_pristine(workdir / "fail2ban")
     for stale in (confdir / "jail.d").glob("*"):
         stale.unlink()
     (confdir / "jail.local").unlink(missing_ok=True)

@@ -50,7 +50,12 @@ JOURNALD = "/lib/systemd/systemd-journald"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 SENSOR_USER = "portsentry-sensor"
 SENSOR_CAPS = "net_bind_service,net_raw"
-TOOLS = ("ip", "nmap", "setpriv", "journalctl", "ss")
+ICMP_ECHO = REPO_ROOT / "tools" / "icmp-echo"
+# Every command the lab and the e2e tests run: each comes from a package tools/setup-env installs
+# (tests/test_commands.py checks this list against the sources and against dpkg).
+TOOLS = ("ip", "nmap", "setpriv", "journalctl", "ss", "fail2ban-server", "fail2ban-client", "fail2ban-regex",
+         "nft", "iptables", "ip6tables", "iptables-save", "ip6tables-save", "logger", "curl", "unshare",
+         "useradd", "cat", "rm")
 
 VICTIM4, VICTIM6 = "192.0.2.1", "2001:db8::1"
 ATTACKER4, ATTACKER6 = "192.0.2.2", "2001:db8::2"
@@ -228,9 +233,9 @@ class Lab:
         return name
 
     def wait_reachable(self, ns: str, addr: str, timeout: float = 10) -> None:
-        """Wait until ``addr`` answers ping from namespace ``ns``."""
+        """Wait until ``addr`` answers an ICMP echo from namespace ``ns`` (tools/icmp-echo: no ping needed)."""
         def ok() -> bool:
-            return run(["ip", "netns", "exec", ns, "ping", "-c1", "-W1", addr],
+            return run(["ip", "netns", "exec", ns, SYSTEM_PYTHON, str(ICMP_ECHO), addr, "1"],
                        check=False).returncode == 0
         if not wait_until(ok, timeout, step=0.2):
             raise RuntimeError(f"{addr} unreachable from {ns}")

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pristine import copy_pristine
 
 ROOT = Path(__file__).resolve().parents[2]
 PACK = ROOT / "fail2ban"
@@ -15,14 +16,13 @@ SYSTEM_CONF = Path("/etc/fail2ban")
 
 @pytest.fixture(scope="session")
 def f2b_confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """/etc/fail2ban (for common.conf) with our filters copied over it."""
+    """Debian's pristine /etc/fail2ban (for common.conf; tests/pristine.py) with our filters copied over it."""
     if shutil.which("fail2ban-regex") is None or not (SYSTEM_CONF / "filter.d/common.conf").exists():
         message = "fail2ban is not installed (tools/setup-env installs it)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    confdir = tmp_path_factory.mktemp("f2b") / "fail2ban"
-    shutil.copytree(SYSTEM_CONF, confdir, symlinks=True)
+    confdir = copy_pristine(tmp_path_factory.mktemp("f2b") / "fail2ban")
     for sub in ("filter.d", "action.d"):
         for item in sorted((PACK / sub).glob("*")):
             shutil.copy(item, confdir / sub / item.name)

@@ -27,14 +27,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 @pytest.fixture(scope="session")
 def deb() -> Path:
     """dist/portsentry-sensor_<version>_all.deb, built once per session by tools/build-deb."""
-    require(["dpkg-buildpackage", "dh", "dh_python3", "fakeroot"], root=False)
+    require(["dpkg-buildpackage", "dh", "dh_python3", "fakeroot", "dpkg-deb", "systemd-analyze"], root=False)
     return build_deb()
 
 
 @pytest.fixture(scope="module")
 def debian_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebianRoot]:
     """A fresh minbase bookworm root (from the cache), deleted afterwards."""
-    require(["debootstrap", "chroot", "mount", "tar"])
+    require(["debootstrap", "chroot", "mount", "umount", "tar", "kill", "sleep"])
     root = fresh_root(tmp_path_factory.mktemp("debroot") / "root")
     try:
         yield root
