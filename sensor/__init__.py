@@ -1,7 +1,7 @@
 """portsentry-sensor: a log-only port-scan sensor whose alerts fail2ban turns into bans.
 
 The sensor detects scans and writes one structured ``attackalert`` event per
-detection; it never touches the firewall (see shared DESIGN.md section 1).
+detection; it never touches the firewall (doc/DESIGN.md §1).
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 Every e2e test builds its world from these pieces so that all traffic stays
 inside namespaces the test created (documentation addresses only) and every
-process it starts is killed by PID.  The API is fixed in notes/HELPERS.md
-("Shared e2e lab"):
+process it starts is killed by PID (doc/DESIGN.md §8):
 
 - :class:`Lab` -- victim namespace ``<prefix>-v`` (192.0.2.1, 2001:db8::1) and
   attacker ``<prefix>-a`` (192.0.2.2, 2001:db8::2) on one link (a veth pair);
