@@ -86,8 +86,25 @@ class PortsentryEscalate(ActionBase):
             bans = len(database.getBans(jail=self._jail, ip=fid, bantime=self.window))
             if bans < self.after:
                 return
+            # `unbanip` runs in another thread: it deletes the address's records from
+            # the database first, then takes the ticket out of the ban list.
+            if self._ticket(fid) is not ticket:
+                self._logSys.info("[%s] %s was unbanned meanwhile: not made permanent",
+                                  self._jail.name, fid)
+                return
+            previous = ticket.getBanTime()
             ticket.setBanTime(-1)
             database.addBan(self._jail, ticket)
+            # Lifted between the check and the write?  Then the records we counted are
+            # gone (our write adds one to them) or the ticket is: take the write back,
+            # or a restart would restore a permanent ban nobody holds.
+            if (self._ticket(fid) is not ticket
+                    or len(database.getBans(jail=self._jail, ip=fid, bantime=self.window)) <= bans):
+                ticket.setBanTime(previous)
+                database.delBan(self._jail, fid)
+                self._logSys.info("[%s] %s was unbanned meanwhile: permanent record removed",
+                                  self._jail.name, fid)
+                return
             self._logSys.notice("[%s] Permanent ban %s: %d bans within %s s",
                                 self._jail.name, fid, bans, self.window)
         except Exception as exc:  # never break the jail's action thread

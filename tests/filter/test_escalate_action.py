@@ -136,3 +136,75 @@ def test_no_database_no_escalation() -> None:
     jail.actions.banManager.addBanTicket(ticket)
     action.ban({"restored": 0, "bantime": 600, "fid": ADDR})
     assert ticket.getBanTime() is None
+
+
+class RealJail:
+    """A jail with fail2ban's real Actions (ban list, `unbanip`) and database; no threads started."""
+
+    def __init__(self, name: str, database: Fail2BanDb) -> None:
+        from fail2ban.server.actions import Actions
+        self.name = name
+        self.database = database
+        self.actions = Actions(self)
+        self.actions.setBanTime(600)
+
+    def unbanip(self, ip: str) -> None:
+        """What `fail2ban-client set <jail> unbanip <ip>` does in the server."""
+        self.actions.removeBannedIP(ip)
+
+
+def _escalating_jail(db: Fail2BanDb) -> tuple[RealJail, Any]:
+    """A jail whose next ban of ADDR is the escalate_after-th (after=2: one ban already counted)."""
+    module = load_action()
+    jail = RealJail("portsentry", db)
+    action = module.Action(jail, "portsentry-escalate", after="2", window="1h")
+    ban(jail, action, MyTime.time() - 900)  # type: ignore[arg-type]
+    unban(jail)  # type: ignore[arg-type]
+    return jail, action
+
+
+def test_unbanip_between_count_and_write_leaves_no_permanent_record(
+        db: Fail2BanDb, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 item 3: the ban is lifted after the action counted, before it wrote -1."""
+    jail, action = _escalating_jail(db)
+    real_get_bans = db.getBans
+
+    def count_then_unban(**kwargs: Any) -> Any:
+        found = real_get_bans(**kwargs)
+        jail.unbanip(ADDR)
+        monkeypatch.setattr(db, "getBans", real_get_bans)
+        return found
+
+    monkeypatch.setattr(db, "getBans", count_then_unban)
+    ban(jail, action, MyTime.time())  # type: ignore[arg-type]
+    assert jail.actions.banManager.getTicketByID(ADDR) is None
+    assert db.getCurrentBans(jail=jail, ip=ADDR, correctBanTime=False) in (None, [])
+    assert db.getBans(jail=jail, ip=ADDR) == []
+
+
+def test_unbanip_racing_the_write_leaves_no_permanent_record(
+        db: Fail2BanDb, monkeypatch: pytest.MonkeyPatch) -> None:
+    """unbanip deletes the database record first, then the ticket: the write lands in between."""
+    jail, action = _escalating_jail(db)
+    real_add_ban = db.addBan
+    calls = []
+
+    def delete_then_write(jail_: Any, ticket: Any) -> None:
+        calls.append(ticket.getBanTime())
+        if ticket.getBanTime() == -1:  # our write; unbanip has deleted the records meanwhile
+            db.delBan(jail_, ADDR)
+        real_add_ban(jail_, ticket)
+
+    monkeypatch.setattr(db, "addBan", delete_then_write)
+    ban(jail, action, MyTime.time())  # type: ignore[arg-type]
+    assert -1 in calls
+    jail.actions.banManager.getTicketByID(ADDR)  # ... and unbanip takes the ticket out of the list
+    assert db.getCurrentBans(jail=jail, ip=ADDR, correctBanTime=False) in (None, [])
+
+
+def test_escalation_without_a_race_still_writes_the_permanent_record(db: Fail2BanDb) -> None:
+    """The same set-up as the race tests, without the unban: the second ban is permanent."""
+    jail, action = _escalating_jail(db)
+    assert ban(jail, action, MyTime.time()).getBanTime() == -1  # type: ignore[arg-type]
+    restored = db.getCurrentBans(jail=jail, ip=ADDR, correctBanTime=False)
+    assert restored is not None and restored.getBanTime() == -1
