@@ -94,7 +94,16 @@ class PortsentryEscalate(ActionBase):
                 return
             previous = ticket.getBanTime()
             ticket.setBanTime(-1)
-            database.addBan(self._jail, ticket)
+            try:
+                database.addBan(self._jail, ticket)
+            except Exception as exc:  # e.g. sqlite3.OperationalError: database is locked
+                # Not recorded, so not permanent: a restart would restore the ban
+                # with its old time anyway; keep the ban list and database in step.
+                ticket.setBanTime(previous)
+                self._logSys.error("[%s] escalation of %s failed (%s): ban time stays %s s",
+                                   self._jail.name, fid, exc,
+                                   ticket.getBanTime(self._jail.actions.getBanTime()))
+                return
             # Lifted between the check and the write?  Then the records we counted are
             # gone (our write adds one to them) or the ticket is: take the write back,
             # or a restart would restore a permanent ban nobody holds.

@@ -9,6 +9,7 @@ restored tickets and re-bans change nothing.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 from pathlib import Path
@@ -208,3 +209,30 @@ def test_escalation_without_a_race_still_writes_the_permanent_record(db: Fail2Ba
     assert ban(jail, action, MyTime.time()).getBanTime() == -1  # type: ignore[arg-type]
     restored = db.getCurrentBans(jail=jail, ip=ADDR, correctBanTime=False)
     assert restored is not None and restored.getBanTime() == -1
+
+
+def test_failed_database_write_restores_the_previous_ban_time(
+        db: Fail2BanDb, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 12 item 4: `database is locked` on the permanent write leaves the ban as it was."""
+    import sqlite3
+    jail, action = _escalating_jail(db)
+    real_add_ban = db.addBan
+
+    def locked(jail_: Any, ticket: Any) -> None:
+        if ticket.getBanTime() == -1:
+            raise sqlite3.OperationalError("database is locked")
+        real_add_ban(jail_, ticket)
+
+    monkeypatch.setattr(db, "addBan", locked)
+    ticket = BanTicket(ADDR, MyTime.time())
+    ticket.setBanTime(3600)  # what bantime.increment gave this (second) ban
+    jail.actions.banManager.addBanTicket(ticket)
+    db.addBan(jail, ticket)
+    with caplog.at_level(logging.INFO, logger="fail2ban"):
+        action.ban({"restored": 0, "bantime": 3600, "fid": ADDR})
+    assert ticket.getBanTime() == 3600
+    assert jail.actions.banManager.getTicketByID(ADDR) is ticket
+    record = db.getCurrentBans(jail=jail, ip=ADDR, correctBanTime=False)
+    assert record is not None and record.getBanTime() == 3600
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("database is locked" in e and ADDR in e and "3600" in e for e in errors), errors
