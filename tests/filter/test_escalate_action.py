@@ -121,11 +121,63 @@ def test_restored_tickets_and_rebans_change_nothing(db: Fail2BanDb) -> None:
     assert next(iter(jail.actions.banManager)).getBanTime() is None
 
 
-def test_bad_parameters_are_refused() -> None:
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_bad_parameters_at_start_are_logged_and_the_shipped_ones_used(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Raising here would abort fail2ban's start command stream: jails after this one would not start."""
     module = load_action()
     jail = SimpleNamespace(name="portsentry", database=None)
-    with pytest.raises(ValueError):
-        module.Action(jail, "portsentry-escalate", after="0", window="1h")
+    with caplog.at_level(logging.INFO, logger="fail2ban"):
+        action = module.Action(jail, "portsentry-escalate", after="0", window="1h")
+    assert (action.after, action.window) == (4, 86400)
+    assert any("escalate_after" in e and "'0'" in e for e in _errors(caplog)), _errors(caplog)
+
+
+@pytest.mark.parametrize(("after", "window", "bad"), [
+    ("0", "1h", "'0'"), ("-2", "1h", "'-2'"), ("four", "1h", "'four'"),
+    ("3", "0", "'0'"), ("3", "forever", "'forever'"), ("3", "1x", "'1x'"), ("3", "-1", "'-1'")])
+def test_bad_reload_parameters_are_logged_and_the_previous_ones_kept(
+        after: str, window: str, bad: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 12 item 5: a bad value in `fail2ban-client reload` must not raise (other jails' reload)."""
+    module = load_action()
+    jail = SimpleNamespace(name="portsentry", database=None)
+    action = module.Action(jail, "portsentry-escalate", after="2", window="2h")
+    with caplog.at_level(logging.INFO, logger="fail2ban"):
+        action.reload(after=after, window=window)
+    assert (action.after, action.window) == (2, 7200)
+    assert any(bad in e and "portsentry" in e for e in _errors(caplog)), _errors(caplog)
+    action.reload(after="5", window="1d")
+    assert (action.after, action.window) == (5, 86400)
+
+
+def test_reload_through_fail2ban_actions_with_a_bad_value(
+        db: Fail2BanDb, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fail2ban's own reload protocol (Actions.add(reload=True), Actions.reload) with after=0."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    jail = RealJail("portsentry", db)
+    jail.actions.add("portsentry-escalate", str(ACTION), {"after": "3", "window": "1h"})
+    jail.actions.reload(begin=True)
+    jail.actions.add("portsentry-escalate", str(ACTION), {"after": "0", "window": "1h"}, reload=True)
+    jail.actions.reload(begin=False)
+    action = jail.actions["portsentry-escalate"]
+    assert (action.after, action.window) == (3, 3600)
+
+
+def test_without_a_database_escalation_is_off_and_the_log_says_so_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    module = load_action()
+    jail = SimpleNamespace(name="portsentry", database=None,
+                           actions=SimpleNamespace(banManager=BanManager()))
+    action = module.Action(jail, "portsentry-escalate", after="1", window="1h")
+    with caplog.at_level(logging.INFO, logger="fail2ban"):
+        action.start()
+        for _ in range(3):
+            action.ban({"restored": 0, "bantime": 600, "fid": ADDR})
+    said = [r.getMessage() for r in caplog.records if "escalation is off" in r.getMessage()]
+    assert len(said) == 1 and "database" in said[0], said
 
 
 def test_no_database_no_escalation() -> None:
