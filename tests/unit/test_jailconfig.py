@@ -150,3 +150,32 @@ def test_warns_when_nothing_would_match(sensor_conf: Path, tmp_path: Path,
     monkeypatch.setattr(jailconfig, "RUN_SYSTEMD", str(tmp_path / "no-systemd"))
     assert _run(["-c", str(sensor_conf), "-o", str(tmp_path / "x.local"), "--journalmatch", "unit"]) == 0
     assert "will match nothing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("match", [
+    "_COMM=portsentry-sensor", "_EXE=/usr/sbin/portsentry-sensor", "_CMDLINE=portsentry-sensor",
+    "_SYSTEMD_USER_UNIT=portsentry-sensor.service", "_TRANSPORT=journal", "_GID=998",
+    "_HOSTNAME=sensor", "_SYSTEMD_SLICE=system.slice", "SYSLOG_IDENTIFIER=portsentry-sensor",
+    "_UID=nobody", "_PID=12a", "_SYSTEMD_UNIT=", "_SYSTEMD_UNIT=a b.service"])
+def test_journalmatch_refuses_fields_a_local_user_can_choose(match: str) -> None:
+    """Issue 12 item 12: only _SYSTEMD_UNIT=, _UID=, _PID= name the sensor and nobody else."""
+    with pytest.raises(JailConfigError, match="_SYSTEMD_UNIT=, _UID= or _PID="):
+        validate(JailChoices(journalmatch=match))
+
+
+@pytest.mark.parametrize("match", ["_SYSTEMD_UNIT=portsentry-sensor.service", "_UID=998", "_PID=4242",
+                                   "_SYSTEMD_UNIT=portsentry-sensor@eth0.service"])
+def test_journalmatch_accepts_fields_only_journald_and_root_decide(match: str) -> None:
+    assert validate(JailChoices(journalmatch=match)) == []
+
+
+@pytest.mark.parametrize("match", ["_COMM=portsentry-sensor", "_SYSTEMD_USER_UNIT=portsentry-sensor.service",
+                                   "_TRANSPORT=syslog", "_EXE=/usr/bin/python3"])
+def test_forgeable_journalmatch_is_one_line_exit_2_nothing_written(
+        match: str, sensor_conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "portsentry.local"
+    assert _run(["-c", str(sensor_conf), "-o", str(out), "--journalmatch", match, "--write"]) == 2
+    captured = capsys.readouterr()
+    field_name = match.split("=", 1)[0]
+    assert captured.err.count("\n") == 1 and field_name in captured.err and "--journalmatch" in captured.err
+    assert captured.out == "" and not out.exists()
