@@ -16,6 +16,7 @@ import difflib
 import os
 import pwd
 import re
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -192,10 +193,27 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def _read_existing(path: str) -> str:
+    """The current file ('' if there is none); JailConfigError if it cannot be compared."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise JailConfigError(f"--output: {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise JailConfigError(f"--output: {path} is a directory; name the file to write "
+                              f"(default: {DEFAULT_OUTPUT})")
+    if not stat.S_ISREG(mode):
+        raise JailConfigError(f"--output: {path} is not a regular file")
     try:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return ""
+    except UnicodeDecodeError as exc:
+        raise JailConfigError(f"--output: {path} is not UTF-8 text (byte {exc.start}); "
+                              "fix or move it, nothing was written") from None
+    except OSError as exc:
+        raise JailConfigError(f"--output: {path}: {exc.strerror or exc}") from None
 
 
 def choices_from_args(args: argparse.Namespace) -> JailChoices:
@@ -217,6 +235,7 @@ def handle(args: argparse.Namespace) -> int:
     try:
         choices = choices_from_args(args)
         warnings = validate(choices)
+        existing = _read_existing(args.output)
     except JailConfigError as exc:
         print(f"portsentry-sensor: fail2ban-config: {exc}", file=sys.stderr)
         return 2
@@ -226,7 +245,7 @@ def handle(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"portsentry-sensor: warning: {warning}", file=sys.stderr)
     text = render(choices)
-    diff = unified_diff(_read_existing(args.output), text, args.output)
+    diff = unified_diff(existing, text, args.output)
     if not diff:
         print(f"{args.output} is up to date")
         return 0

@@ -179,3 +179,49 @@ def test_forgeable_journalmatch_is_one_line_exit_2_nothing_written(
     field_name = match.split("=", 1)[0]
     assert captured.err.count("\n") == 1 and field_name in captured.err and "--journalmatch" in captured.err
     assert captured.out == "" and not out.exists()
+
+
+def _assert_refused(sensor_conf: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    before = out.read_bytes() if out.is_file() else None
+    assert _run(["-c", str(sensor_conf), "-o", str(out), "--journalmatch", "_UID=999", "--write"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and str(out) in captured.err, captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    if before is not None:
+        assert out.read_bytes() == before
+    assert not list(out.parent.glob(".portsentry.local.*"))
+    return captured.err
+
+
+def test_output_that_is_a_directory_is_one_line_exit_2(sensor_conf: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12 item 10: --output naming a directory was a traceback."""
+    out = tmp_path / "portsentry.local"
+    out.mkdir()
+    assert "directory" in _assert_refused(sensor_conf, out, capsys)
+    assert out.is_dir() and not list(out.iterdir())
+
+
+def test_output_that_is_not_utf8_is_one_line_exit_2(sensor_conf: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "portsentry.local"
+    out.write_bytes(b"[portsentry]\nbantime = 1h\n# caf\xe9\n")
+    assert "UTF-8" in _assert_refused(sensor_conf, out, capsys)
+
+
+def test_output_that_is_unreadable_is_one_line_exit_2(sensor_conf: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """EACCES (faked: the tests run as root, who reads a mode-000 file anyway)."""
+    out = tmp_path / "portsentry.local"
+    out.write_text("[portsentry]\n")
+    out.chmod(0)
+    real_read_text = Path.read_text
+
+    def denied(self: Path, *args: object, **kwargs: object) -> str:
+        if self == out:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    assert "Permission denied" in _assert_refused(sensor_conf, out, capsys)
