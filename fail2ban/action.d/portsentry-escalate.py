@@ -118,7 +118,9 @@ class PortsentryEscalate(ActionBase):
             ticket = self._ticket(fid)
             if database is None or ticket is None or ticket.getBanTime() == -1:
                 return
-            bans = len(database.getBans(jail=self._jail, ip=fid, bantime=self.window))
+            records = database.getBans(jail=self._jail, ip=fid)
+            since = MyTime.time() - self.window
+            bans = sum(1 for record in records if record.getTime() > since)
             if bans < self.after:
                 return
             # `unbanip` runs in another thread: it deletes the address's records from
@@ -139,11 +141,12 @@ class PortsentryEscalate(ActionBase):
                                    self._jail.name, fid, exc,
                                    ticket.getBanTime(self._jail.actions.getBanTime()))
                 return
-            # Lifted between the check and the write?  Then the records we counted are
-            # gone (our write adds one to them) or the ticket is: take the write back,
-            # or a restart would restore a permanent ban nobody holds.
+            # Lifted between the check and the write?  Then the records we read are
+            # gone (our write adds one to them; counted without the window, which
+            # moves with the clock) or the ticket is: take the write back, or a
+            # restart would restore a permanent ban nobody holds.
             if (self._ticket(fid) is not ticket
-                    or len(database.getBans(jail=self._jail, ip=fid, bantime=self.window)) <= bans):
+                    or len(database.getBans(jail=self._jail, ip=fid)) <= len(records)):
                 ticket.setBanTime(previous)
                 database.delBan(self._jail, fid)
                 self._logSys.info("[%s] %s was unbanned meanwhile: permanent record removed",

@@ -288,3 +288,28 @@ def test_failed_database_write_restores_the_previous_ban_time(
     assert record is not None and record.getBanTime() == 3600
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("database is locked" in e and ADDR in e and "3600" in e for e in errors), errors
+
+
+def test_a_ban_leaving_the_window_during_the_write_is_not_taken_for_an_unban(
+        db: Fail2BanDb, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race check must not count twice against a moving clock: a ban at the window's edge
+    that falls out of it while the action writes is not a lifted ban."""
+    module = load_action()
+    jail = RealJail("portsentry", db)
+    action = module.Action(jail, "portsentry-escalate", after="2", window="1h")
+    now = 1_800_000_000
+    monkeypatch.setattr(MyTime, "myTime", now)
+    ban(jail, action, now - 3599)  # type: ignore[arg-type]
+    unban(jail)  # type: ignore[arg-type]
+    real_add_ban = db.addBan
+
+    def slow_write(jail_: Any, ticket: Any) -> None:
+        real_add_ban(jail_, ticket)
+        if ticket.getBanTime() == -1:
+            MyTime.myTime = now + 5  # the first ban is now older than the window
+
+    monkeypatch.setattr(db, "addBan", slow_write)
+    ticket = ban(jail, action, now)  # type: ignore[arg-type]
+    assert ticket.getBanTime() == -1
+    record = db.getCurrentBans(jail=jail, ip=ADDR, correctBanTime=False, fromtime=now + 5)
+    assert record is not None and record.getBanTime() == -1
