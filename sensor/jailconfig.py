@@ -16,6 +16,7 @@ import difflib
 import os
 import pwd
 import re
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -39,8 +40,26 @@ DB_PURGE_AGE = 86400
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^(?:\d+[smhdw]?)+$")
 _DURATION_PART = re.compile(r"(\d+)([smhdw]?)")
-# Journal fields that journald sets itself (leading underscore); a client cannot forge them.
-_TRUSTED_MATCH = re.compile(r"^_[A-Z0-9_]+=[^\s=]+$")
+# Journal fields that name the sensor and nothing a local user can start: journald sets
+# them from the sender's credentials, and only root names a system unit or gives out a
+# UID (a PID belongs to one running process).  Field -> the values it takes.
+TRUSTED_FIELDS = {
+    "_SYSTEMD_UNIT": re.compile(r"[A-Za-z0-9:_.@\\-]+"),
+    "_UID": re.compile(r"\d+"),
+    "_PID": re.compile(r"\d+"),
+}
+_TRUSTED_LIST = "_SYSTEMD_UNIT=, _UID= or _PID="
+# Why the other fields do not: (field or prefix, reason).
+_FORGEABLE = (
+    ("_COMM", "any local user can run a program under that name"),
+    ("_EXE", "any local user can run that program"),
+    ("_CMDLINE", "any local user can run that command line"),
+    ("_SYSTEMD_USER_UNIT", "users name their own units"),
+    ("_SYSTEMD_", "users run their own units and scopes"),
+    ("_TRANSPORT", "every local program's entries have one"),
+    ("_", "it is shared with programs a local user can start"),
+)
+_MATCH = re.compile(r"([A-Za-z0-9_]+)=(.*)", re.DOTALL)
 _PATH = re.compile(r"^/[^\s]*$")
 
 
@@ -89,11 +108,8 @@ def validate(choices: JailChoices) -> list[str]:
         raise JailConfigError(f"--backend: '{choices.backend}' is not one of {', '.join(BACKENDS)}")
     if choices.mode not in MODES:
         raise JailConfigError(f"--mode: '{choices.mode}' is not one of {', '.join(MODES)}")
-    if choices.journalmatch and not _TRUSTED_MATCH.fullmatch(choices.journalmatch):
-        raise JailConfigError(
-            f"--journalmatch: '{choices.journalmatch}' is not FIELD=value on a field journald sets "
-            "itself (leading '_', e.g. _SYSTEMD_UNIT=portsentry-sensor.service or _UID=998); "
-            "SYSLOG_IDENTIFIER and other client fields can be forged by any local user")
+    if choices.journalmatch:
+        check_journalmatch(choices.journalmatch)
     if not _PATH.fullmatch(choices.logpath):
         raise JailConfigError(f"--logpath: '{choices.logpath}' is not an absolute path without spaces")
     warnings = []
@@ -104,6 +120,27 @@ def validate(choices: JailChoices) -> list[str]:
         warnings.append("backend file: any local user can write an alert-like syslog line and get "
                         "an address banned; backend systemd with a journalmatch is safer")
     return warnings
+
+
+def check_journalmatch(match: str) -> None:
+    """Raise JailConfigError unless ``match`` is FIELD=value on a field in TRUSTED_FIELDS."""
+    shown = match.encode("unicode_escape").decode("ascii")
+    parsed = _MATCH.fullmatch(match)
+    if parsed is None:
+        raise JailConfigError(f"--journalmatch: '{shown}' is not FIELD=value; use {_TRUSTED_LIST}")
+    name, value = parsed.groups()
+    if name in TRUSTED_FIELDS:
+        if not TRUSTED_FIELDS[name].fullmatch(value):
+            what = "a number" if name != "_SYSTEMD_UNIT" else "a unit name such as portsentry-sensor.service"
+            raise JailConfigError(f"--journalmatch: '{shown}': {name}= takes {what}; use {_TRUSTED_LIST}")
+        return
+    if not name.startswith("_"):
+        reason = "the sending program sets it itself, so any local user can send a forged one"
+    else:
+        reason = next(why for prefix, why in _FORGEABLE if name == prefix or prefix.endswith("_")
+                      and name.startswith(prefix))
+    raise JailConfigError(f"--journalmatch: {name}= does not prove an entry comes from the sensor "
+                          f"({reason}); use {_TRUSTED_LIST}")
 
 
 def ignoreip(configured: tuple[Network, ...]) -> tuple[str, ...]:
@@ -156,10 +193,27 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def _read_existing(path: str) -> str:
+    """The current file ('' if there is none); JailConfigError if it cannot be compared."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise JailConfigError(f"--output: {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise JailConfigError(f"--output: {path} is a directory; name the file to write "
+                              f"(default: {DEFAULT_OUTPUT})")
+    if not stat.S_ISREG(mode):
+        raise JailConfigError(f"--output: {path} is not a regular file")
     try:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return ""
+    except UnicodeDecodeError as exc:
+        raise JailConfigError(f"--output: {path} is not UTF-8 text (byte {exc.start}); "
+                              "fix or move it, nothing was written") from None
+    except OSError as exc:
+        raise JailConfigError(f"--output: {path}: {exc.strerror or exc}") from None
 
 
 def choices_from_args(args: argparse.Namespace) -> JailChoices:
@@ -181,6 +235,7 @@ def handle(args: argparse.Namespace) -> int:
     try:
         choices = choices_from_args(args)
         warnings = validate(choices)
+        existing = _read_existing(args.output)
     except JailConfigError as exc:
         print(f"portsentry-sensor: fail2ban-config: {exc}", file=sys.stderr)
         return 2
@@ -190,7 +245,7 @@ def handle(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"portsentry-sensor: warning: {warning}", file=sys.stderr)
     text = render(choices)
-    diff = unified_diff(_read_existing(args.output), text, args.output)
+    diff = unified_diff(existing, text, args.output)
     if not diff:
         print(f"{args.output} is up to date")
         return 0
@@ -235,7 +290,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     cmd.add_argument("--mode", default="all", choices=MODES,
                      help="all alerts, or verified ones only (completed TCP handshakes)")
     cmd.add_argument("--journalmatch", default="auto", metavar="auto|unit|_FIELD=value",
-                     help="auto (default): the unit under systemd, else _UID of the sensor user")
+                     help="auto (default): the unit under systemd, else _UID of the sensor user; "
+                          "or one of _SYSTEMD_UNIT=unit, _UID=uid, _PID=pid (no other field: "
+                          "a local user could forge it)")
     cmd.add_argument("--logpath", default=DEFAULT_LOGPATH,
                      help=f"syslog file for --backend file (default: {DEFAULT_LOGPATH})")
     cmd.add_argument("-o", "--output", default=DEFAULT_OUTPUT,

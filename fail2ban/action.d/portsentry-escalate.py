@@ -19,35 +19,70 @@
 # tested against fail2ban 1.0.2 (Debian 12).  The firewall ban is a separate
 # action: an error here is logged and leaves the ban time-limited, nothing more.
 
+import re
+
 from fail2ban.server.action import ActionBase
 from fail2ban.server.mytime import MyTime
 from fail2ban.server.observer import Observers
+
+# What fail2ban/jail.d/portsentry.conf ships.
+DEFAULT_AFTER = "4"
+DEFAULT_WINDOW = "1d"
+# MyTime.str2seconds evaluates its input: let through only durations ("1d", "12h 30m").
+_DURATION = re.compile(r"[0-9A-Za-z .]+")
+
+
+def parse_parameters(after, window):
+    """(after, window in seconds) or ValueError naming the jail setting and its value."""
+    try:
+        count = int(str(after).strip())
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"escalate_after = {after!r} is not a whole number >= 1")
+    try:
+        seconds = MyTime.str2seconds(window) if _DURATION.fullmatch(str(window)) else 0
+    except Exception:  # str2seconds raises NameError, SyntaxError, ... on garbage
+        seconds = 0
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+        raise ValueError(f"escalate_window = {window!r} is not a duration > 0 such as 1d or 12h")
+    return count, seconds
 
 
 class PortsentryEscalate(ActionBase):
     """Turn the <after>-th ban of an address within <window> into a permanent ban."""
 
-    def __init__(self, jail, name, after="4", window="1d"):
+    def __init__(self, jail, name, after=DEFAULT_AFTER, window=DEFAULT_WINDOW):
         super().__init__(jail, name)
+        self.after, self.window = parse_parameters(DEFAULT_AFTER, DEFAULT_WINDOW)
         self.reload(after, window)
 
     def clearAllParams(self):
         """Part of fail2ban's reload protocol: the new parameters come through reload()."""
 
-    def reload(self, after="4", window="1d"):
+    def reload(self, after=DEFAULT_AFTER, window=DEFAULT_WINDOW):
         """Take the parameters of a `fail2ban-client reload`.
 
         Without reload() and clearAllParams(), fail2ban 1.0.2 treats a Python
         action as obsolete on a jail reload and drops it from the jail: the
         ladder would silently stop at its last time-limited rung.
+
+        A bad value is logged and the parameters in use are kept (the shipped
+        ones when the jail starts): raising here would abort fail2ban's command
+        stream, and with it the start or reload of every jail after this one.
         """
-        after, window = int(after), MyTime.str2seconds(window)
-        if after < 1 or window <= 0:
-            raise ValueError("portsentry-escalate: after must be >= 1 and window > 0")
-        self.after, self.window = after, window
+        try:
+            self.after, self.window = parse_parameters(after, window)
+        except ValueError as exc:
+            self._logSys.error("[%s] %s: escalation keeps escalate_after = %d, escalate_window = %d s",
+                               self._jail.name, exc, self.after, self.window)
 
     def start(self):
-        """Nothing to set up: the firewall is the ban action's business."""
+        """Say once if escalation cannot work: it counts bans in fail2ban's database."""
+        if self._jail.database is None:
+            self._logSys.warning("[%s] fail2ban has no database (dbfile in fail2ban.conf): "
+                                 "escalation is off, bans stop at the last time-limited rung",
+                                 self._jail.name)
 
     def stop(self):
         """Nothing to tear down."""
@@ -83,11 +118,40 @@ class PortsentryEscalate(ActionBase):
             ticket = self._ticket(fid)
             if database is None or ticket is None or ticket.getBanTime() == -1:
                 return
-            bans = len(database.getBans(jail=self._jail, ip=fid, bantime=self.window))
+            records = database.getBans(jail=self._jail, ip=fid)
+            since = MyTime.time() - self.window
+            bans = sum(1 for record in records if record.getTime() > since)
             if bans < self.after:
                 return
+            # `unbanip` runs in another thread: it deletes the address's records from
+            # the database first, then takes the ticket out of the ban list.
+            if self._ticket(fid) is not ticket:
+                self._logSys.info("[%s] %s was unbanned meanwhile: not made permanent",
+                                  self._jail.name, fid)
+                return
+            previous = ticket.getBanTime()
             ticket.setBanTime(-1)
-            database.addBan(self._jail, ticket)
+            try:
+                database.addBan(self._jail, ticket)
+            except Exception as exc:  # e.g. sqlite3.OperationalError: database is locked
+                # Not recorded, so not permanent: a restart would restore the ban
+                # with its old time anyway; keep the ban list and database in step.
+                ticket.setBanTime(previous)
+                self._logSys.error("[%s] escalation of %s failed (%s): ban time stays %s s",
+                                   self._jail.name, fid, exc,
+                                   ticket.getBanTime(self._jail.actions.getBanTime()))
+                return
+            # Lifted between the check and the write?  Then the records we read are
+            # gone (our write adds one to them; counted without the window, which
+            # moves with the clock) or the ticket is: take the write back, or a
+            # restart would restore a permanent ban nobody holds.
+            if (self._ticket(fid) is not ticket
+                    or len(database.getBans(jail=self._jail, ip=fid)) <= len(records)):
+                ticket.setBanTime(previous)
+                database.delBan(self._jail, fid)
+                self._logSys.info("[%s] %s was unbanned meanwhile: permanent record removed",
+                                  self._jail.name, fid)
+                return
             self._logSys.notice("[%s] Permanent ban %s: %d bans within %s s",
                                 self._jail.name, fid, bans, self.window)
         except Exception as exc:  # never break the jail's action thread

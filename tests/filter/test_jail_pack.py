@@ -116,3 +116,70 @@ def test_rendered_file_backend(pack_confdir: Path) -> None:
     conf = settings(commands)
     assert "addjournalmatch" not in conf
     assert conf["addlogpath"][0] == str(syslog)
+
+
+@pytest.fixture(scope="module")
+def pristine_confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Only the files Debian's fail2ban package owns under /etc/fail2ban (no admin .local, no
+    distribution jails), plus our pack: what `fail2ban-client -t` sees on a fresh install."""
+    listing = subprocess.run(["dpkg-query", "-L", "fail2ban"], capture_output=True, text=True,
+                             timeout=60, check=False)
+    if listing.returncode != 0:
+        pytest.skip("fail2ban is not installed as a Debian package (tools/setup-env installs it)")
+    confdir = tmp_path_factory.mktemp("pristine") / "fail2ban"
+    system = Path("/etc/fail2ban")
+    for name in listing.stdout.splitlines():
+        path = Path(name)
+        if not path.is_relative_to(system) or path.suffix == ".local":
+            continue
+        target = confdir / path.relative_to(system)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.parent.name != "jail.d" and path.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target)
+    pack = Path(__file__).resolve().parents[2] / "fail2ban"
+    for sub in ("filter.d", "action.d", "jail.d"):
+        (confdir / sub).mkdir(parents=True, exist_ok=True)
+        for item in sorted((pack / sub).glob("*")):
+            shutil.copy(item, confdir / sub / item.name)
+    return confdir
+
+
+def config_test(confdir: Path, local: str | None, flag: str = "-t") -> subprocess.CompletedProcess[str]:
+    """`fail2ban-client -c <dir> -t` (or -d) with an optional jail.d/portsentry.local."""
+    local_file = confdir / "jail.d" / "portsentry.local"
+    local_file.unlink(missing_ok=True)
+    if local is not None:
+        local_file.write_text(local)
+    try:
+        return subprocess.run(["fail2ban-client", "-c", str(confdir), flag],
+                              capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        local_file.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("mode", [None, "all", "verified"])
+def test_config_test_passes_for_both_modes(pristine_confdir: Path, mode: str | None) -> None:
+    local = None if mode is None else f"[portsentry]\nmode = {mode}\n"
+    result = config_test(pristine_confdir, local)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "configuration test is successful" in result.stdout
+
+
+@pytest.mark.parametrize("typo", ["verfied", "", "all verified", "yes"])
+def test_a_typo_in_mode_fails_the_config_test(pristine_confdir: Path, typo: str) -> None:
+    """Issue 12 item 6: `mode = verfied` used to pass `fail2ban-client -t` and ban nothing."""
+    result = config_test(pristine_confdir, f"[portsentry]\nmode = {typo}\n")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Unable to read action '<unknown_mode_" in output, output
+
+
+def test_a_typo_in_mode_makes_fail2ban_skip_the_jail_at_start(pristine_confdir: Path) -> None:
+    """What a start would send: the jail replaced by a config-error naming the mode, nothing else."""
+    result = config_test(pristine_confdir, "[portsentry]\nmode = verfied\n", flag="-d")
+    commands = [ast.literal_eval(line) for line in result.stdout.splitlines() if line.startswith("[")]
+    errors = [c for c in commands if c[0] == "config-error"]
+    assert len(errors) == 1 and "'portsentry'" in errors[0][1] and "verfied" in errors[0][1], errors
+    assert not [c for c in commands if len(c) > 1 and c[1] == JAIL], commands

@@ -150,3 +150,78 @@ def test_warns_when_nothing_would_match(sensor_conf: Path, tmp_path: Path,
     monkeypatch.setattr(jailconfig, "RUN_SYSTEMD", str(tmp_path / "no-systemd"))
     assert _run(["-c", str(sensor_conf), "-o", str(tmp_path / "x.local"), "--journalmatch", "unit"]) == 0
     assert "will match nothing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("match", [
+    "_COMM=portsentry-sensor", "_EXE=/usr/sbin/portsentry-sensor", "_CMDLINE=portsentry-sensor",
+    "_SYSTEMD_USER_UNIT=portsentry-sensor.service", "_TRANSPORT=journal", "_GID=998",
+    "_HOSTNAME=sensor", "_SYSTEMD_SLICE=system.slice", "SYSLOG_IDENTIFIER=portsentry-sensor",
+    "_UID=nobody", "_PID=12a", "_SYSTEMD_UNIT=", "_SYSTEMD_UNIT=a b.service"])
+def test_journalmatch_refuses_fields_a_local_user_can_choose(match: str) -> None:
+    """Issue 12 item 12: only _SYSTEMD_UNIT=, _UID=, _PID= name the sensor and nobody else."""
+    with pytest.raises(JailConfigError, match="_SYSTEMD_UNIT=, _UID= or _PID="):
+        validate(JailChoices(journalmatch=match))
+
+
+@pytest.mark.parametrize("match", ["_SYSTEMD_UNIT=portsentry-sensor.service", "_UID=998", "_PID=4242",
+                                   "_SYSTEMD_UNIT=portsentry-sensor@eth0.service"])
+def test_journalmatch_accepts_fields_only_journald_and_root_decide(match: str) -> None:
+    assert validate(JailChoices(journalmatch=match)) == []
+
+
+@pytest.mark.parametrize("match", ["_COMM=portsentry-sensor", "_SYSTEMD_USER_UNIT=portsentry-sensor.service",
+                                   "_TRANSPORT=syslog", "_EXE=/usr/bin/python3"])
+def test_forgeable_journalmatch_is_one_line_exit_2_nothing_written(
+        match: str, sensor_conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "portsentry.local"
+    assert _run(["-c", str(sensor_conf), "-o", str(out), "--journalmatch", match, "--write"]) == 2
+    captured = capsys.readouterr()
+    field_name = match.split("=", 1)[0]
+    assert captured.err.count("\n") == 1 and field_name in captured.err and "--journalmatch" in captured.err
+    assert captured.out == "" and not out.exists()
+
+
+def _assert_refused(sensor_conf: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    before = out.read_bytes() if out.is_file() else None
+    assert _run(["-c", str(sensor_conf), "-o", str(out), "--journalmatch", "_UID=999", "--write"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and str(out) in captured.err, captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    if before is not None:
+        assert out.read_bytes() == before
+    assert not list(out.parent.glob(".portsentry.local.*"))
+    return captured.err
+
+
+def test_output_that_is_a_directory_is_one_line_exit_2(sensor_conf: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12 item 10: --output naming a directory was a traceback."""
+    out = tmp_path / "portsentry.local"
+    out.mkdir()
+    assert "directory" in _assert_refused(sensor_conf, out, capsys)
+    assert out.is_dir() and not list(out.iterdir())
+
+
+def test_output_that_is_not_utf8_is_one_line_exit_2(sensor_conf: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "portsentry.local"
+    out.write_bytes(b"[portsentry]\nbantime = 1h\n# caf\xe9\n")
+    assert "UTF-8" in _assert_refused(sensor_conf, out, capsys)
+
+
+def test_output_that_is_unreadable_is_one_line_exit_2(sensor_conf: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """EACCES (faked: the tests run as root, who reads a mode-000 file anyway)."""
+    out = tmp_path / "portsentry.local"
+    out.write_text("[portsentry]\n")
+    out.chmod(0)
+    real_read_text = Path.read_text
+
+    def denied(self: Path, *args: object, **kwargs: object) -> str:
+        if self == out:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    assert "Permission denied" in _assert_refused(sensor_conf, out, capsys)
