@@ -17,6 +17,7 @@ shape PortSentry's templates produce; anything else is not ours to touch.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import re
 import shlex
@@ -219,9 +220,48 @@ class IptablesDump:
 # Options PortSentry's templates produce (long forms folded onto short ones).
 _IPT_OPTIONS = {"-s": "-s", "--source": "-s", "-i": "-i", "--in-interface": "-i", "-j": "-j",
                 "--jump": "-j", "-m": "-m", "--match": "-m", "--reject-with": "--reject-with",
-                "--comment": "--comment", "--limit": "--limit", "--limit-burst": "--limit-burst",
+                "--limit": "--limit", "--limit-burst": "--limit-burst",
                 "--log-prefix": "--log-prefix", "--log-level": "--log-level"}
-_IPT_MATCHES = {"limit", "comment"}
+# The how-tos' LOG rule rate-limits; any other match (-m comment included) is someone else's rule.
+_IPT_MATCHES = {"limit"}
+DEFAULT_CHAINS = frozenset({("filter", "INPUT")})
+_IPTABLES = re.compile(r"^(?:.*/)?ip6?tables(?:-legacy|-nft)?$")
+_IPT_CHAIN_OPTIONS = ("-I", "--insert", "-A", "--append")
+
+
+def kill_chains(kill_run_cmd: str) -> frozenset[tuple[str, str]]:
+    """(table, chain) pairs the iptables commands of a KILL_RUN_CMD insert into; INPUT if none.
+
+    fail2ban's own ``f2b-*`` chains never count, even if named.
+    """
+    lexer = shlex.shlex(kill_run_cmd, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError:
+        return DEFAULT_CHAINS
+    found: set[tuple[str, str]] = set()
+    command: list[str] = []
+    for token in [*tokens, ";"]:
+        if token and all(c in "();&|" for c in token):
+            found |= _command_chains(command)
+            command = []
+        else:
+            command.append(token)
+    return frozenset(found) or DEFAULT_CHAINS
+
+
+def _command_chains(command: list[str]) -> set[tuple[str, str]]:
+    """(table, chain) of one ``iptables -I CHAIN ...`` command."""
+    if not command or _IPTABLES.match(command[0]) is None:
+        return set()
+    table, chains = "filter", []
+    for option, value in itertools.pairwise(command[1:]):
+        if option in ("-t", "--table"):
+            table = value
+        elif option in _IPT_CHAIN_OPTIONS:
+            chains.append(value)
+    return {(table, chain) for chain in chains if not chain.startswith("f2b-")}
 
 
 def _ipt_options(tokens: list[str]) -> dict[str, list[str]] | None:
@@ -248,9 +288,15 @@ def _ours(options: dict[str, list[str]]) -> bool:
     return target == "LOG" and "portsentry" in prefix.lower()
 
 
-def parse_iptables_save(text: str, family: int, recorded: Iterable[str]) -> IptablesDump:
-    """Rules in ``iptables-save`` output that PortSentry inserted for recorded addresses."""
+def parse_iptables_save(text: str, family: int, recorded: Iterable[str],
+                        chains: Iterable[tuple[str, str]] = DEFAULT_CHAINS) -> IptablesDump:
+    """Rules in ``iptables-save`` output that PortSentry inserted for recorded addresses.
+
+    Only rules in ``chains`` ((table, chain) pairs from :func:`kill_chains`) count; never fail2ban's
+    ``f2b-*`` chains.
+    """
     known = set(recorded)
+    allowed = {(table, chain) for table, chain in chains if not chain.startswith("f2b-")}
     rules: list[IptablesRule] = []
     tables: list[str] = []
     table = "filter"
@@ -261,7 +307,12 @@ def parse_iptables_save(text: str, family: int, recorded: Iterable[str]) -> Ipta
             continue
         if not line.startswith("-A "):
             continue
-        tokens = shlex.split(line)
+        try:
+            tokens = shlex.split(line)
+        except ValueError:
+            continue
+        if len(tokens) < 2 or (table, tokens[1]) not in allowed:
+            continue
         options = _ipt_options(tokens[2:])
         if options is None or not _ours(options):
             continue
@@ -328,6 +379,9 @@ def parse_nft_ruleset(json_text: str, recorded: Iterable[str],
         rule = item.get("rule") if isinstance(item, dict) else None
         if not isinstance(rule, dict) or (rule.get("family"), rule.get("table")) in skip:
             continue
+        if "comment" in rule or str(rule.get("table", "")).startswith("f2b-") \
+                or str(rule.get("chain", "")).startswith("f2b-"):
+            continue  # an admin's annotated rule, or fail2ban's own
         shape = _nft_shape(rule.get("expr", []))
         if shape is None or shape[0] not in known:
             continue

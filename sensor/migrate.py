@@ -252,11 +252,12 @@ def _find_routes(system: System, leftovers: Leftovers, recorded: set[str], kill_
             _add(leftovers, "route", route.describe(), route.delete_argv(), route.address)
 
 
-def _find_firewall(system: System, leftovers: Leftovers, recorded: set[str]) -> None:
+def _find_firewall(system: System, leftovers: Leftovers, recorded: set[str], kill_run_cmd: str) -> None:
     managed: list[tuple[str, str]] = []
+    chains = legacy.kill_chains(kill_run_cmd)
     for family, tool in ((4, "iptables-save"), (6, "ip6tables-save")):
         out = _command(system, [tool], leftovers)
-        dump = legacy.parse_iptables_save(out or "", family, recorded)
+        dump = legacy.parse_iptables_save(out or "", family, recorded, chains)
         if dump.nft_backend:
             managed += [("ip" if family == 4 else "ip6", table) for table in dump.tables]
         for rule in dump.rules:
@@ -274,7 +275,7 @@ def collect(system: System, options: Options) -> Leftovers:
     recorded = set(leftovers.records)
     if not recorded:
         return leftovers
-    _find_firewall(system, leftovers, recorded)
+    _find_firewall(system, leftovers, recorded, settings.get("KILL_RUN_CMD", ""))
     _find_routes(system, leftovers, recorded, settings.get("KILL_ROUTE", ""))
     deny_text = system.read(HOSTS_DENY)
     templates = (*legacy.DEFAULT_HOSTS_DENY, settings.get("KILL_HOSTS_DENY", ""))

@@ -131,6 +131,26 @@ def test_apply_bans_first_then_removes_only_portsentry_blocks(root: Path) -> Non
     assert "portsentry.history" in state and "portsentry.blocked.atcp" not in state
 
 
+NOT_OURS = ["-A f2b-sshd -s 203.0.113.10/32 -j REJECT --reject-with icmp-port-unreachable",
+            "-A OUTPUT -s 203.0.113.10/32 -j DROP",
+            "-A DOCKER-USER -s 203.0.113.12/32 -j DROP",
+            '-A INPUT -s 203.0.113.12/32 -m comment --comment "keep blocked" -j DROP']
+
+
+def test_apply_leaves_fail2ban_output_docker_and_commented_rules(root: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12 item 1: only the chain KILL_RUN_CMD named (INPUT here), only PortSentry's shapes."""
+    system = FakeSystem(root)
+    system.iptables += NOT_OURS
+    assert migrate.migrate_bans(system, Options(), do_apply=False) == 0
+    plan = capsys.readouterr().out
+    assert "f2b-sshd" not in plan and "OUTPUT" not in plan and "DOCKER-USER" not in plan
+    assert "keep blocked" not in plan
+    assert migrate.migrate_bans(system, Options(), do_apply=True) == 0
+    assert system.iptables[-len(NOT_OURS):] == NOT_OURS
+    assert not any(c[:1] == ("iptables",) and c[4] != "INPUT" for c in system.calls)
+
+
 def test_second_run_finds_nothing_to_do(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     system = FakeSystem(root)
     assert migrate.migrate_bans(system, Options(), do_apply=True) == 0
