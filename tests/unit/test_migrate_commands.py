@@ -275,3 +275,75 @@ def test_import_broken_input_exit_2_nothing_written(case: str, tmp_path: Path,
 def test_import_missing_portsentry_conf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert migrate.main(["import-config", "--from", str(tmp_path), "--to", str(tmp_path / "x.conf")]) == 2
     assert "portsentry.conf: No such file" in capsys.readouterr().err
+
+
+def test_import_write_config_target_is_a_directory_writes_neither(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12 item 11: both files or neither; the ignore file is left exactly as it was."""
+    etc = tmp_path / "etc"
+    (etc / "portsentry.conf").mkdir(parents=True)
+    (etc / "portsentry.ignore").write_text("192.0.2.77\n")
+    assert _import("howto-block", etc / "portsentry.conf", "--write") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{etc / 'portsentry.conf'}: " in err and "nothing written" in err
+    assert (etc / "portsentry.ignore").read_text() == "192.0.2.77\n"
+    assert sorted(p.name for p in etc.iterdir()) == ["portsentry.conf", "portsentry.ignore"]
+    assert list((etc / "portsentry.conf").iterdir()) == []
+
+
+def test_import_write_second_file_failing_restores_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "portsentry.ignore").write_text("192.0.2.77\n")
+    (etc / "portsentry.conf").write_text("# old\n")
+    real_replace = os.replace
+
+    def replace(src: str, dst: str) -> None:
+        if str(dst).endswith("portsentry.conf"):
+            raise OSError(28, "No space left on device", str(dst))
+        real_replace(src, dst)
+    monkeypatch.setattr(migrate.os, "replace", replace)
+    assert _import("howto-block", etc / "portsentry.conf", "--write") == 2
+    monkeypatch.undo()
+    assert "No space left on device" in capsys.readouterr().err
+    assert (etc / "portsentry.ignore").read_text() == "192.0.2.77\n"
+    assert (etc / "portsentry.conf").read_text() == "# old\n"
+    assert sorted(p.name for p in etc.iterdir()) == ["portsentry.conf", "portsentry.ignore"]
+
+
+def test_backups_never_follow_a_planted_symlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12 item 11: a link at the (predictable) backup name is never written through."""
+    monkeypatch.setattr(migrate, "stamp", lambda now: "20260101T000000")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (etc / "portsentry.conf").write_text("# old\n")
+    (etc / "portsentry.conf.bak-20260101T000000").symlink_to(victim)
+    assert _import("howto-block", etc / "portsentry.conf", "--write") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "portsentry.conf.bak-20260101T000000" in err
+    assert victim.read_text() == "precious\n"
+    assert (etc / "portsentry.conf").read_text() == "# old\n"
+    assert not (etc / "portsentry.ignore").exists()
+    # the same for migrate-bans' hosts.deny backup
+    (etc / "hosts.deny").write_text("ALL: 192.0.2.1\n")
+    (etc / "hosts.deny.bak").symlink_to(victim)
+    with pytest.raises(OSError):
+        HostSystem(str(tmp_path)).write("/etc/hosts.deny", "", ".bak")
+    assert victim.read_text() == "precious\n" and (etc / "hosts.deny").read_text() == "ALL: 192.0.2.1\n"
+
+
+def test_install_never_replaces_a_symlinked_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (etc / "portsentry.ignore").symlink_to(victim)
+    assert _import("howto-block", etc / "portsentry.conf", "--write") == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert victim.read_text() == "precious\n" and (etc / "portsentry.ignore").is_symlink()
+    assert not (etc / "portsentry.conf").exists()
