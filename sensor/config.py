@@ -91,9 +91,16 @@ def _unquote(raw: str) -> str:
     return raw.split("#", 1)[0].strip()
 
 
-def parse_text(text: str, path: str) -> tuple[dict[str, Setting], list[str]]:
-    """Read ``KEY="value"`` lines.  Later lines win; duplicates are warned about."""
+def parse_text(text: str, path: str, *, shell: bool = False) -> tuple[dict[str, Setting], list[str]]:
+    """Read ``KEY="value"`` lines as PortSentry did; every line it would skip is warned about.
+
+    PortSentry's ``ConfigTokenRetrieve()`` stops at the first line naming a key: that line wins, and
+    if its value has no quotes the key is skipped (left at its default) and later lines for it are
+    never read.  ``shell=True`` reads a file the init script sourced (/etc/default/portsentry):
+    unquoted words count and the last assignment wins, as in sh.
+    """
     settings: dict[str, Setting] = {}
+    first: dict[str, int] = {}
     warnings: list[str] = []
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
@@ -107,8 +114,19 @@ def parse_text(text: str, path: str) -> tuple[dict[str, Setting], list[str]]:
             value = _unquote(raw)
         except ValueError as exc:
             raise ConfigError(path, number, key, str(exc)) from None
-        if key in settings:
-            warnings.append(f"{path}:{number}: {key}: overrides line {settings[key].line}")
+        if shell:
+            if key in settings:
+                warnings.append(f"{path}:{number}: {key}: overrides line {settings[key].line}")
+            settings[key] = Setting(value, path, number)
+            continue
+        if key in first:
+            warnings.append(f"{path}:{number}: {key}: repeated, ignored: PortSentry read only line {first[key]}")
+            continue
+        first[key] = number
+        if not raw.startswith('"'):
+            warnings.append(f"{path}:{number}: {key}: no quotes around the value: skipped, as PortSentry "
+                            f'did (write {key}="...")')
+            continue
         settings[key] = Setting(value, path, number)
     return settings, warnings
 
@@ -260,7 +278,7 @@ def load_config(path: str = DEFAULT_CONFIG,
     for candidate in candidates:
         if not missing or not os.path.exists(candidate):
             continue
-        extra, extra_warnings = parse_text(read_file(candidate), candidate)
+        extra, extra_warnings = parse_text(read_file(candidate), candidate, shell=True)
         for key in missing:
             if key in extra:
                 settings[key] = extra[key]

@@ -73,7 +73,6 @@ def test_shipped_default_config_is_valid() -> None:
     ('SUMMARY_MAX_LINES="0"', "summary_max_lines", 0),
     ('STATE_MAX_SOURCES="100"', "state_max_sources", 100),
     ('PLAN_REFRESH="1"', "plan_refresh", 1),
-    ("SCAN_TRIGGER = 2 # unquoted, spaced, commented", "scan_trigger", 2),
     ('SCAN_TRIGGER="2"  # trailing comment', "scan_trigger", 2),
 ])
 def test_every_key(tmp_path: Path, line: str, field: str, value: object) -> None:
@@ -119,10 +118,36 @@ def test_missing_and_non_utf8_files(tmp_path: Path) -> None:
 
 
 def test_unknown_and_duplicate_keys_are_warned_not_lost(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, 'SCAN_TRIGER="2"\nSCAN_TRIGGER="1"\nSCAN_TRIGGER="4"\n'), [])
-    assert config.scan_trigger == 4
+    """Issue 12 item 13: the first occurrence wins, as in PortSentry; later ones are warned about."""
+    path = write(tmp_path, 'SCAN_TRIGER="2"\nSCAN_TRIGGER="1"\nSCAN_TRIGGER="4"\n')
+    config = load_config(path, [])
+    assert config.scan_trigger == 1
     assert any("SCAN_TRIGER: unknown key" in w for w in config.warnings)
-    assert any(":3: SCAN_TRIGGER: overrides line 2" in w for w in config.warnings)
+    assert f"{path}:3: SCAN_TRIGGER: repeated, ignored: PortSentry read only line 2" in config.warnings
+
+
+def test_unquoted_values_are_skipped_and_warned_like_portsentry(tmp_path: Path) -> None:
+    """Issue 12 item 13: PortSentry skipped a value without quotes; so does the sensor, loudly.
+
+    PortSentry's ConfigTokenRetrieve() stops at the first line naming the key: without quotes the
+    option is skipped, and a quoted repeat further down is never read.
+    """
+    path = write(tmp_path, "SCAN_TRIGGER = 2 # unquoted, spaced, commented\nSCAN_WINDOW=60\n"
+                           'SCAN_WINDOW="90"\n')
+    config = load_config(path, [])
+    assert config.scan_trigger == 0 and config.scan_window == 300
+    assert f"{path}:1: SCAN_TRIGGER: no quotes around the value: skipped, as PortSentry did " \
+        '(write SCAN_TRIGGER="...")' in config.warnings
+    assert any(w.startswith(f"{path}:2: SCAN_WINDOW: no quotes") for w in config.warnings)
+    assert f"{path}:3: SCAN_WINDOW: repeated, ignored: PortSentry read only line 2" in config.warnings
+
+
+def test_defaults_file_reads_like_the_shell_that_sourced_it(tmp_path: Path) -> None:
+    """/etc/default/portsentry was sourced by the init script: unquoted words count, the last wins."""
+    conf = write(tmp_path, 'TCP_PORTS="1"\nUDP_PORTS="7"\n')
+    defaults = write(tmp_path, 'TCP_MODE="atcp"\nTCP_MODE=stcp\nUDP_MODE=udp\n', "default")
+    config = load_config(conf, [defaults])
+    assert config.tcp_modes == ("stcp",) and config.udp_modes == ("udp",)
 
 
 def test_blocking_keys_warned_once_even_if_all_set(tmp_path: Path) -> None:
