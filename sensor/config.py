@@ -91,6 +91,15 @@ def _unquote(raw: str) -> str:
     return raw.split("#", 1)[0].strip()
 
 
+def _printable(value: str) -> None:
+    """Refuse control characters: a NUL byte cannot be in a path, a banner or a number."""
+    bad = next((c for c in value if c != "\t" and (ord(c) < 32 or ord(c) == 127)), None)
+    if bad == "\0":
+        raise ValueError("contains a NUL byte")
+    if bad is not None:
+        raise ValueError(f"contains a control character ({bad!r})")
+
+
 def parse_text(text: str, path: str, *, shell: bool = False) -> tuple[dict[str, Setting], list[str]]:
     """Read ``KEY="value"`` lines as PortSentry did; every line it would skip is warned about.
 
@@ -112,6 +121,7 @@ def parse_text(text: str, path: str, *, shell: bool = False) -> tuple[dict[str, 
         key, raw = match.group(1), match.group(2)
         try:
             value = _unquote(raw)
+            _printable(value)
         except ValueError as exc:
             raise ConfigError(path, number, key, str(exc)) from None
         if shell:
@@ -213,7 +223,9 @@ _FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "SCAN_WINDOW": ("scan_window", _int_in(1, 86400)),
     "SUMMARY_INTERVAL": ("summary_interval", _int_in(1, 86400)),
     "SUMMARY_MAX_LINES": ("summary_max_lines", _int_in(0, 100)),
-    "STATE_MAX_SOURCES": ("state_max_sources", _int_in(16, 10_000_000)),
+    # One tracked (source, protocol) costs ~0.7 KiB, ~9 KiB once it touched more than 64 ports
+    # (bench/state_memory.py): 65,536 bounds that at ~570 MiB.
+    "STATE_MAX_SOURCES": ("state_max_sources", _int_in(16, 65536)),
     "PLAN_REFRESH": ("plan_refresh", _int_in(1, 3600)),
 }
 KNOWN_KEYS = tuple(_FIELDS) + BLOCKING_KEYS + LEGACY_KEYS

@@ -72,6 +72,7 @@ def test_shipped_default_config_is_valid() -> None:
     ('SUMMARY_INTERVAL="5"', "summary_interval", 5),
     ('SUMMARY_MAX_LINES="0"', "summary_max_lines", 0),
     ('STATE_MAX_SOURCES="100"', "state_max_sources", 100),
+    ('STATE_MAX_SOURCES="65536"', "state_max_sources", 65536),
     ('PLAN_REFRESH="1"', "plan_refresh", 1),
     ('SCAN_TRIGGER="2"  # trailing comment', "scan_trigger", 2),
 ])
@@ -93,6 +94,13 @@ def test_every_key(tmp_path: Path, line: str, field: str, value: object) -> None
     ('LOG_TARGET="file"\n', "portsentry.conf:1: LOG_TARGET: 'file' is not one of auto"),
     ('IGNORE_FILE="relative"\n', "portsentry.conf:1: IGNORE_FILE: 'relative' is not an absolute path"),
     ('STATE_MAX_SOURCES="1"\n', "portsentry.conf:1: STATE_MAX_SOURCES: '1' is not a whole number from 16"),
+    # issue 12 item 10: ~9 KiB per busy source (bench/state_memory.py): 10,000,000 would be ~90 GB
+    ('STATE_MAX_SOURCES="10000000"\n', "STATE_MAX_SOURCES: '10000000' is not a whole number from 16 to 65536"),
+    ('STATE_MAX_SOURCES="65537"\n', "STATE_MAX_SOURCES: '65537' is not a whole number from 16 to 65536"),
+    # issue 12 item 10: a NUL byte (or any control character) in a value
+    ('IGNORE_FILE="/etc/x\x00y"\n', "portsentry.conf:1: IGNORE_FILE: contains a NUL byte"),
+    ('PORT_BANNER="a\x1bb"\n', "portsentry.conf:1: PORT_BANNER: contains a control character ('\\x1b')"),
+    ('SCAN_TRIGGER="1\x00"\n', "portsentry.conf:1: SCAN_TRIGGER: contains a NUL byte"),
     ('PORT_BANNER="' + "x" * 600 + '"\n', "portsentry.conf:1: PORT_BANNER: longer than 512"),
     ('SCAN_TRIGGER="1\n', "portsentry.conf:1: SCAN_TRIGGER: missing closing quote"),
     ('SCAN_TRIGGER="1" junk\n', "portsentry.conf:1: SCAN_TRIGGER: unexpected text after the closing quote"),
@@ -165,3 +173,12 @@ def test_parse_text_keeps_line_numbers() -> None:
 def test_config_defaults_are_the_shipped_ones() -> None:
     config = Config()
     assert config.tcp_modes == ("atcp",) and config.advanced_ports_tcp == 1024
+
+
+def test_nul_byte_in_a_value_is_one_line_exit_2_for_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12 item 10: exit 1 with a traceback put the unit into a Restart=on-failure loop."""
+    from sensor.cli import main
+    path = write(tmp_path, 'IGNORE_FILE="/etc/portsentry-sensor/x\x00y"\nLOG_TARGET="stderr"\n')
+    assert main(["check", "--config", path, "--defaults", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"portsentry-sensor: {path}:1: IGNORE_FILE: contains a NUL byte"]
