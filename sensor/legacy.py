@@ -28,6 +28,8 @@ from typing import Any
 RECORD_MODES = ("tcp", "udp", "stcp", "sudp", "atcp", "audp")
 REJECT_ROUTE_TYPES = ("unreachable", "prohibit", "blackhole")
 DEFAULT_HOSTS_DENY = ("ALL: $TARGET$ : DENY", "ALL: $TARGET$")
+MAX_LINE = 1024  # PortSentry's MAXBUF
+LAST_TIME = 253402300799  # 9999-12-31 23:59:59 UTC: later record times are not dates
 
 _RECORD = re.compile(
     r"^(?P<when>\d+) - \d\d/\d\d/\d{4} \d\d:\d\d:\d\d "
@@ -69,27 +71,56 @@ def parse_records(text: str, path: str) -> tuple[list[BlockRecord], list[str]]:
         if match is None or address is None:
             warnings.append(f"{path}:{number}: not a PortSentry block record: {line.strip()[:60]!r}")
             continue
+        if len(match.group("when")) > 12 or int(match.group("when")) > LAST_TIME:
+            warnings.append(f"{path}:{number}: timestamp out of range: {match.group('when')[:30]!r}")
+            continue
         records.append(BlockRecord(address, int(match.group("when")), int(match.group("port")),
                                    match.group("proto"), f"{path}:{number}"))
     return records, warnings
 
 
 def _template_regex(template: str) -> re.Pattern[str]:
-    """A KILL_HOSTS_DENY template as a regex capturing the address."""
-    parts = re.split(r"(\$TARGET\$|\$PORT\$|\$MODE\$|\s+)", template.strip())
-    pattern = []
-    for part in parts:
+    """A KILL_HOSTS_DENY template as a regex capturing the address.
+
+    Spacing around ``:`` may differ; other whitespace must be there.  Runs of whitespace become one
+    ``\\s*`` or ``\\s+``, never two loops in a row (that backtracked in O(n^2) on long blank runs).
+    A second ``$TARGET$`` must repeat the first address.
+    """
+    items: list[str | bool] = [False]  # a bool is whitespace: True required, False optional
+    seen_target = False
+    for part in re.split(r"(\$TARGET\$|\$PORT\$|\$MODE\$|\s+|:)", template.strip()):
         if part == "$TARGET$":
-            pattern.append(r"(?P<addr>[0-9A-Fa-f.:\[\]]+)")
+            items.append("(?P=addr)" if seen_target else r"(?P<addr>[0-9A-Fa-f.:\[\]]+)")
+            seen_target = True
         elif part == "$PORT$":
-            pattern.append(r"\d+")
+            items.append(r"\d+")
         elif part == "$MODE$":
-            pattern.append(r"[a-z]+")
+            items.append(r"[a-z]+")
+        elif part == ":":
+            items += [False, ":", False]
         elif part and part.isspace():
-            pattern.append(r"\s*")
+            items.append(True)
         elif part:
-            pattern.append(re.escape(part).replace(":", r"\s*:\s*"))
-    return re.compile(r"^\s*" + "".join(pattern) + r"\s*$")
+            items.append(re.escape(part))
+    items.append(False)
+    return re.compile("^" + _join(items) + "$")
+
+
+def _join(items: list[str | bool]) -> str:
+    """Regex pieces and whitespace marks -> one pattern; a run of marks becomes one loop."""
+    pattern: list[str] = []
+    space: bool | None = None  # pending whitespace: None none, else required?
+    for item in items:
+        if isinstance(item, bool):
+            space = item if space is None else space and item
+            continue
+        if space is not None:
+            pattern.append(r"\s+" if space else r"\s*")
+            space = None
+        pattern.append(item)
+    if space is not None:
+        pattern.append(r"\s+" if space else r"\s*")
+    return "".join(pattern)
 
 
 @dataclass(frozen=True)
@@ -108,6 +139,8 @@ def parse_hosts_deny(text: str, recorded: Iterable[str],
     patterns = [_template_regex(t) for t in dict.fromkeys(templates) if "$TARGET$" in t]
     found: list[DenyLine] = []
     for number, line in enumerate(text.splitlines(), start=1):
+        if len(line) > MAX_LINE:
+            continue  # PortSentry built the line in a 1024-byte buffer: a longer one is not its own
         for pattern in patterns:
             match = pattern.match(line)
             address = canonical(match.group("addr").strip("[]")) if match else None

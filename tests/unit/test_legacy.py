@@ -199,3 +199,34 @@ def test_nft_commented_rules_and_fail2ban_tables_are_not_ours() -> None:
                             _nft_rule("inet", "pst", 4, "203.0.113.12", {"drop": None})]}
     found = legacy.parse_nft_ruleset(json.dumps(ruleset), RECORDED)
     assert [r.handle for r in found] == [4]
+
+
+def test_record_timestamp_out_of_range_is_a_warning() -> None:
+    """Issue 12 item 10: 99999999999999999999 crashed migrate-bans (OverflowError in localtime)."""
+    text = ("99999999999999999999 - 11/13/2023 18:26:40 Host: x/203.0.113.10 Port: 111 TCP Blocked\n"
+            "1699900000 - 11/13/2023 18:26:40 Host: x/203.0.113.12 Port: 111 TCP Blocked\n")
+    records, warnings = legacy.parse_records(text, "h")
+    assert [r.address for r in records] == ["203.0.113.12"]
+    assert warnings == ["h:1: timestamp out of range: '99999999999999999999'"]
+
+
+def test_hosts_deny_template_naming_the_target_twice() -> None:
+    """Issue 12 item 10: a second $TARGET$ was a regex group redefinition (re.error, traceback)."""
+    template = ["ALL: $TARGET$ : DENY # blocked $TARGET$"]
+    text = ("ALL: 203.0.113.10 : DENY # blocked 203.0.113.10\n"
+            "ALL: 203.0.113.12 : DENY # blocked 203.0.113.10\n")     # two different addresses: not ours
+    found = legacy.parse_hosts_deny(text, RECORDED, template)
+    assert [(d.number, d.address) for d in found] == [(1, "203.0.113.10")]
+
+
+def test_hosts_deny_regex_has_no_adjacent_whitespace_loops() -> None:
+    """Issue 12 item 10: 'ALL:' + 20,000 spaces took 8.4 s (\\s*:\\s*\\s* backtracking, O(n^2)).
+
+    No timing here (bench/RESULTS.md has it): the pattern must never hold two whitespace loops in a row,
+    and lines longer than PortSentry's 1024-byte buffer are never its own.
+    """
+    for template in (*legacy.DEFAULT_HOSTS_DENY, "ALL : $TARGET$ : DENY  # $PORT$ $MODE$"):
+        pattern = legacy._template_regex(template).pattern
+        assert r"\s*\s*" not in pattern and r"\s+\s*" not in pattern and r"\s*\s+" not in pattern, pattern
+    long_line = "ALL: 203.0.113.10" + " " * 2000 + ": DENY"
+    assert legacy.parse_hosts_deny(long_line + "\nALL:" + " " * 20000 + "\n", RECORDED) == []

@@ -347,3 +347,26 @@ def test_install_never_replaces_a_symlinked_target(tmp_path: Path, capsys: pytes
     assert "symbolic link" in capsys.readouterr().err
     assert victim.read_text() == "precious\n" and (etc / "portsentry.ignore").is_symlink()
     assert not (etc / "portsentry.conf").exists()
+
+
+def test_absurd_history_timestamp_is_a_note_not_a_crash(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12 item 10: a history line stamped 99999999999999999999 (OverflowError before)."""
+    history = root / "var/lib/portsentry/portsentry.history"
+    history.write_text(history.read_text() + "99999999999999999999 - 11/13/2023 18:26:40 Host: "
+                       "203.0.113.10/203.0.113.10 Port: 111 TCP Blocked\n")
+    system = FakeSystem(root)
+    assert migrate.migrate_bans(system, Options(), do_apply=True) == 0
+    out = capsys.readouterr().out
+    assert "portsentry.history:6: timestamp out of range: '99999999999999999999'" in out
+    assert system.banned == ["203.0.113.10", "203.0.113.12"]
+
+
+def test_kill_hosts_deny_naming_the_target_twice(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12 item 10: re.error traceback before; now the lines of that shape are found."""
+    conf = root / "etc/portsentry/portsentry.conf"
+    conf.write_text(conf.read_text().replace('KILL_HOSTS_DENY="ALL: $TARGET$ : DENY"',
+                                             'KILL_HOSTS_DENY="ALL: $TARGET$ # blocked $TARGET$"'))
+    deny = root / "etc/hosts.deny"
+    deny.write_text(deny.read_text() + "ALL: 203.0.113.12 # blocked 203.0.113.12\n")
+    assert migrate.migrate_bans(FakeSystem(root), Options(), do_apply=True) == 0
+    assert "203.0.113.12" not in deny.read_text()
