@@ -305,11 +305,11 @@ def _legacy_settings(system: System, path: str, notes: list[str]) -> dict[str, s
     except ConfigError as exc:
         notes.append(f"{exc} (using PortSentry's default paths)")
         return {}
-    found: dict[str, str] = {}
-    for line in lines:
-        if line.key and line.value is not None:
-            found.setdefault(line.key, line.value)
-    return found
+    first: dict[str, str | None] = {}
+    for line in lines:  # PortSentry read the first line of a key, and skipped it without quotes
+        if line.key:
+            first.setdefault(line.key, line.value)
+    return {key: value for key, value in first.items() if value is not None}
 
 
 def _read_records(system: System, leftovers: Leftovers, settings: dict[str, str]) -> None:

@@ -370,3 +370,14 @@ def test_kill_hosts_deny_naming_the_target_twice(root: Path, capsys: pytest.Capt
     deny.write_text(deny.read_text() + "ALL: 203.0.113.12 # blocked 203.0.113.12\n")
     assert migrate.migrate_bans(FakeSystem(root), Options(), do_apply=True) == 0
     assert "203.0.113.12" not in deny.read_text()
+
+
+def test_legacy_settings_read_like_portsentry(tmp_path: Path) -> None:
+    """The first line of a key counts; without quotes PortSentry skipped the key (item 13's rule)."""
+    (tmp_path / "etc/portsentry").mkdir(parents=True)
+    (tmp_path / "etc/portsentry/portsentry.conf").write_text(
+        'KILL_RUN_CMD=/sbin/iptables -I custom -s $TARGET$ -j DROP\n'
+        'KILL_RUN_CMD="/sbin/iptables -I other -s $TARGET$ -j DROP"\n'
+        'HISTORY_FILE="/a"\nHISTORY_FILE="/b"\n')
+    settings = migrate._legacy_settings(FakeSystem(tmp_path), Options().legacy_conf, [])
+    assert settings == {"HISTORY_FILE": "/a"}
