@@ -91,9 +91,25 @@ def _unquote(raw: str) -> str:
     return raw.split("#", 1)[0].strip()
 
 
-def parse_text(text: str, path: str) -> tuple[dict[str, Setting], list[str]]:
-    """Read ``KEY="value"`` lines.  Later lines win; duplicates are warned about."""
+def _printable(value: str) -> None:
+    """Refuse control characters: a NUL byte cannot be in a path, a banner or a number."""
+    bad = next((c for c in value if c != "\t" and (ord(c) < 32 or ord(c) == 127)), None)
+    if bad == "\0":
+        raise ValueError("contains a NUL byte")
+    if bad is not None:
+        raise ValueError(f"contains a control character ({bad!r})")
+
+
+def parse_text(text: str, path: str, *, shell: bool = False) -> tuple[dict[str, Setting], list[str]]:
+    """Read ``KEY="value"`` lines as PortSentry did; every line it would skip is warned about.
+
+    PortSentry's ``ConfigTokenRetrieve()`` stops at the first line naming a key: that line wins, and
+    if its value has no quotes the key is skipped (left at its default) and later lines for it are
+    never read.  ``shell=True`` reads a file the init script sourced (/etc/default/portsentry):
+    unquoted words count and the last assignment wins, as in sh.
+    """
     settings: dict[str, Setting] = {}
+    first: dict[str, int] = {}
     warnings: list[str] = []
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
@@ -105,10 +121,22 @@ def parse_text(text: str, path: str) -> tuple[dict[str, Setting], list[str]]:
         key, raw = match.group(1), match.group(2)
         try:
             value = _unquote(raw)
+            _printable(value)
         except ValueError as exc:
             raise ConfigError(path, number, key, str(exc)) from None
-        if key in settings:
-            warnings.append(f"{path}:{number}: {key}: overrides line {settings[key].line}")
+        if shell:
+            if key in settings:
+                warnings.append(f"{path}:{number}: {key}: overrides line {settings[key].line}")
+            settings[key] = Setting(value, path, number)
+            continue
+        if key in first:
+            warnings.append(f"{path}:{number}: {key}: repeated, ignored: PortSentry read only line {first[key]}")
+            continue
+        first[key] = number
+        if not raw.startswith('"'):
+            warnings.append(f"{path}:{number}: {key}: no quotes around the value: skipped, as PortSentry "
+                            f'did (write {key}="...")')
+            continue
         settings[key] = Setting(value, path, number)
     return settings, warnings
 
@@ -195,7 +223,9 @@ _FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "SCAN_WINDOW": ("scan_window", _int_in(1, 86400)),
     "SUMMARY_INTERVAL": ("summary_interval", _int_in(1, 86400)),
     "SUMMARY_MAX_LINES": ("summary_max_lines", _int_in(0, 100)),
-    "STATE_MAX_SOURCES": ("state_max_sources", _int_in(16, 10_000_000)),
+    # One tracked (source, protocol) costs ~0.7 KiB, ~9 KiB once it touched more than 64 ports
+    # (bench/state_memory.py): 65,536 bounds that at ~570 MiB.
+    "STATE_MAX_SOURCES": ("state_max_sources", _int_in(16, 65536)),
     "PLAN_REFRESH": ("plan_refresh", _int_in(1, 3600)),
 }
 KNOWN_KEYS = tuple(_FIELDS) + BLOCKING_KEYS + LEGACY_KEYS
@@ -260,7 +290,7 @@ def load_config(path: str = DEFAULT_CONFIG,
     for candidate in candidates:
         if not missing or not os.path.exists(candidate):
             continue
-        extra, extra_warnings = parse_text(read_file(candidate), candidate)
+        extra, extra_warnings = parse_text(read_file(candidate), candidate, shell=True)
         for key in missing:
             if key in extra:
                 settings[key] = extra[key]

@@ -17,6 +17,7 @@ shape PortSentry's templates produce; anything else is not ours to touch.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import re
 import shlex
@@ -27,6 +28,8 @@ from typing import Any
 RECORD_MODES = ("tcp", "udp", "stcp", "sudp", "atcp", "audp")
 REJECT_ROUTE_TYPES = ("unreachable", "prohibit", "blackhole")
 DEFAULT_HOSTS_DENY = ("ALL: $TARGET$ : DENY", "ALL: $TARGET$")
+MAX_LINE = 1024  # PortSentry's MAXBUF
+LAST_TIME = 253402300799  # 9999-12-31 23:59:59 UTC: later record times are not dates
 
 _RECORD = re.compile(
     r"^(?P<when>\d+) - \d\d/\d\d/\d{4} \d\d:\d\d:\d\d "
@@ -68,27 +71,56 @@ def parse_records(text: str, path: str) -> tuple[list[BlockRecord], list[str]]:
         if match is None or address is None:
             warnings.append(f"{path}:{number}: not a PortSentry block record: {line.strip()[:60]!r}")
             continue
+        if len(match.group("when")) > 12 or int(match.group("when")) > LAST_TIME:
+            warnings.append(f"{path}:{number}: timestamp out of range: {match.group('when')[:30]!r}")
+            continue
         records.append(BlockRecord(address, int(match.group("when")), int(match.group("port")),
                                    match.group("proto"), f"{path}:{number}"))
     return records, warnings
 
 
 def _template_regex(template: str) -> re.Pattern[str]:
-    """A KILL_HOSTS_DENY template as a regex capturing the address."""
-    parts = re.split(r"(\$TARGET\$|\$PORT\$|\$MODE\$|\s+)", template.strip())
-    pattern = []
-    for part in parts:
+    """A KILL_HOSTS_DENY template as a regex capturing the address.
+
+    Spacing around ``:`` may differ; other whitespace must be there.  Runs of whitespace become one
+    ``\\s*`` or ``\\s+``, never two loops in a row (that backtracked in O(n^2) on long blank runs).
+    A second ``$TARGET$`` must repeat the first address.
+    """
+    items: list[str | bool] = [False]  # a bool is whitespace: True required, False optional
+    seen_target = False
+    for part in re.split(r"(\$TARGET\$|\$PORT\$|\$MODE\$|\s+|:)", template.strip()):
         if part == "$TARGET$":
-            pattern.append(r"(?P<addr>[0-9A-Fa-f.:\[\]]+)")
+            items.append("(?P=addr)" if seen_target else r"(?P<addr>[0-9A-Fa-f.:\[\]]+)")
+            seen_target = True
         elif part == "$PORT$":
-            pattern.append(r"\d+")
+            items.append(r"\d+")
         elif part == "$MODE$":
-            pattern.append(r"[a-z]+")
+            items.append(r"[a-z]+")
+        elif part == ":":
+            items += [False, ":", False]
         elif part and part.isspace():
-            pattern.append(r"\s*")
+            items.append(True)
         elif part:
-            pattern.append(re.escape(part).replace(":", r"\s*:\s*"))
-    return re.compile(r"^\s*" + "".join(pattern) + r"\s*$")
+            items.append(re.escape(part))
+    items.append(False)
+    return re.compile("^" + _join(items) + "$")
+
+
+def _join(items: list[str | bool]) -> str:
+    """Regex pieces and whitespace marks -> one pattern; a run of marks becomes one loop."""
+    pattern: list[str] = []
+    space: bool | None = None  # pending whitespace: None none, else required?
+    for item in items:
+        if isinstance(item, bool):
+            space = item if space is None else space and item
+            continue
+        if space is not None:
+            pattern.append(r"\s+" if space else r"\s*")
+            space = None
+        pattern.append(item)
+    if space is not None:
+        pattern.append(r"\s+" if space else r"\s*")
+    return "".join(pattern)
 
 
 @dataclass(frozen=True)
@@ -107,6 +139,8 @@ def parse_hosts_deny(text: str, recorded: Iterable[str],
     patterns = [_template_regex(t) for t in dict.fromkeys(templates) if "$TARGET$" in t]
     found: list[DenyLine] = []
     for number, line in enumerate(text.splitlines(), start=1):
+        if len(line) > MAX_LINE:
+            continue  # PortSentry built the line in a 1024-byte buffer: a longer one is not its own
         for pattern in patterns:
             match = pattern.match(line)
             address = canonical(match.group("addr").strip("[]")) if match else None
@@ -219,9 +253,48 @@ class IptablesDump:
 # Options PortSentry's templates produce (long forms folded onto short ones).
 _IPT_OPTIONS = {"-s": "-s", "--source": "-s", "-i": "-i", "--in-interface": "-i", "-j": "-j",
                 "--jump": "-j", "-m": "-m", "--match": "-m", "--reject-with": "--reject-with",
-                "--comment": "--comment", "--limit": "--limit", "--limit-burst": "--limit-burst",
+                "--limit": "--limit", "--limit-burst": "--limit-burst",
                 "--log-prefix": "--log-prefix", "--log-level": "--log-level"}
-_IPT_MATCHES = {"limit", "comment"}
+# The how-tos' LOG rule rate-limits; any other match (-m comment included) is someone else's rule.
+_IPT_MATCHES = {"limit"}
+DEFAULT_CHAINS = frozenset({("filter", "INPUT")})
+_IPTABLES = re.compile(r"^(?:.*/)?ip6?tables(?:-legacy|-nft)?$")
+_IPT_CHAIN_OPTIONS = ("-I", "--insert", "-A", "--append")
+
+
+def kill_chains(kill_run_cmd: str) -> frozenset[tuple[str, str]]:
+    """(table, chain) pairs the iptables commands of a KILL_RUN_CMD insert into; INPUT if none.
+
+    fail2ban's own ``f2b-*`` chains never count, even if named.
+    """
+    lexer = shlex.shlex(kill_run_cmd, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError:
+        return DEFAULT_CHAINS
+    found: set[tuple[str, str]] = set()
+    command: list[str] = []
+    for token in [*tokens, ";"]:
+        if token and all(c in "();&|" for c in token):
+            found |= _command_chains(command)
+            command = []
+        else:
+            command.append(token)
+    return frozenset(found) or DEFAULT_CHAINS
+
+
+def _command_chains(command: list[str]) -> set[tuple[str, str]]:
+    """(table, chain) of one ``iptables -I CHAIN ...`` command."""
+    if not command or _IPTABLES.match(command[0]) is None:
+        return set()
+    table, chains = "filter", []
+    for option, value in itertools.pairwise(command[1:]):
+        if option in ("-t", "--table"):
+            table = value
+        elif option in _IPT_CHAIN_OPTIONS:
+            chains.append(value)
+    return {(table, chain) for chain in chains if not chain.startswith("f2b-")}
 
 
 def _ipt_options(tokens: list[str]) -> dict[str, list[str]] | None:
@@ -248,9 +321,15 @@ def _ours(options: dict[str, list[str]]) -> bool:
     return target == "LOG" and "portsentry" in prefix.lower()
 
 
-def parse_iptables_save(text: str, family: int, recorded: Iterable[str]) -> IptablesDump:
-    """Rules in ``iptables-save`` output that PortSentry inserted for recorded addresses."""
+def parse_iptables_save(text: str, family: int, recorded: Iterable[str],
+                        chains: Iterable[tuple[str, str]] = DEFAULT_CHAINS) -> IptablesDump:
+    """Rules in ``iptables-save`` output that PortSentry inserted for recorded addresses.
+
+    Only rules in ``chains`` ((table, chain) pairs from :func:`kill_chains`) count; never fail2ban's
+    ``f2b-*`` chains.
+    """
     known = set(recorded)
+    allowed = {(table, chain) for table, chain in chains if not chain.startswith("f2b-")}
     rules: list[IptablesRule] = []
     tables: list[str] = []
     table = "filter"
@@ -261,7 +340,12 @@ def parse_iptables_save(text: str, family: int, recorded: Iterable[str]) -> Ipta
             continue
         if not line.startswith("-A "):
             continue
-        tokens = shlex.split(line)
+        try:
+            tokens = shlex.split(line)
+        except ValueError:
+            continue
+        if len(tokens) < 2 or (table, tokens[1]) not in allowed:
+            continue
         options = _ipt_options(tokens[2:])
         if options is None or not _ours(options):
             continue
@@ -328,6 +412,9 @@ def parse_nft_ruleset(json_text: str, recorded: Iterable[str],
         rule = item.get("rule") if isinstance(item, dict) else None
         if not isinstance(rule, dict) or (rule.get("family"), rule.get("table")) in skip:
             continue
+        if "comment" in rule or str(rule.get("table", "")).startswith("f2b-") \
+                or str(rule.get("chain", "")).startswith("f2b-"):
+            continue  # an admin's annotated rule, or fail2ban's own
         shape = _nft_shape(rule.get("expr", []))
         if shape is None or shape[0] not in known:
             continue

@@ -104,18 +104,23 @@ def scan(text: str, path: str) -> list[SourceLine]:
 
 
 def _first_wins(lines: list[SourceLine], path: str, build: _Build) -> dict[str, SourceLine]:
-    """PortSentry used the first occurrence of a key; later ones are reported."""
+    """PortSentry read only the first line naming a key (skipped if unquoted); the rest are reported."""
+    first: dict[str, SourceLine] = {}
     chosen: dict[str, SourceLine] = {}
     for line in lines:
         if not line.key:
             continue
+        if line.key in first:
+            used = first[line.key]
+            why = (f"PortSentry used line {used.number}" if used.value is not None else
+                   f"PortSentry read only line {used.number} (and skipped the key: no quotes)")
+            build.report.append(Finding("dropped", f"{path}:{line.number}", line.key, "repeated: " + why))
+            build.dropped.append(line.text.strip())
+            continue
+        first[line.key] = line
         if line.value is None:
             build.report.append(Finding("dropped", f"{path}:{line.number}", line.key,
-                                        "no quotes around the value: PortSentry skipped this line"))
-            build.dropped.append(line.text.strip())
-        elif line.key in chosen:
-            build.report.append(Finding("dropped", f"{path}:{line.number}", line.key,
-                                        f"repeated: PortSentry used line {chosen[line.key].number}"))
+                                        "no quotes around the value: PortSentry skipped this key"))
             build.dropped.append(line.text.strip())
         else:
             chosen[line.key] = line
@@ -206,17 +211,17 @@ def _modes(build: _Build, defaults_text: str | None, defaults_path: str) -> None
         build.report.append(Finding("note", defaults_path, "", "missing: PortSentry's init script "
                                     "would not have started; using the defaults atcp/audp"))
         return
-    found = {line.key: line for line in scan(defaults_text, defaults_path) if line.key in MODE_KEYS}
+    found, _ = parse_text(defaults_text, defaults_path, shell=True)  # sourced by sh: last wins
     for key in MODE_KEYS:
-        line = found.get(key)
-        if line is None or line.value is None:
+        setting = found.get(key)
+        if setting is None:
             build.settings[key] = Setting("off", defaults_path, 0)
             build.report.append(Finding("changed", defaults_path, key, "not set: PortSentry's init "
                                         "script did not start this protocol -> off"))
             continue
-        value = line.value.strip() or "off"
-        why = "mode kept" if line.value.strip() else "empty (PortSentry did not start it) -> off"
-        _take(build, line, defaults_path, value, why)
+        value = setting.value.strip() or "off"
+        why = "mode kept" if setting.value.strip() else "empty (PortSentry did not start it) -> off"
+        _take(build, SourceLine(setting.line, "", key), defaults_path, value, why)
 
 
 def _header(conf_path: str, defaults_path: str) -> list[str]:

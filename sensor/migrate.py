@@ -13,14 +13,16 @@ through :class:`System` so tests can use sample trees and a fake runner.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import ipaddress
 import os
-import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -136,27 +138,127 @@ class HostSystem:
         return time.time()
 
 
-def install_file(path: str, text: str, backup_suffix: str, default_mode: int = 0o644) -> str:
-    """Write ``path`` atomically; an existing file is copied to ``path+suffix`` first."""
-    backup = ""
-    mode = default_mode
-    if os.path.exists(path):
-        backup = path + backup_suffix
-        shutil.copy2(path, backup)
-        mode = os.stat(path).st_mode & 0o7777
+def _existing_mode(path: str) -> int | None:
+    """Mode of a regular file at ``path`` (None if absent); never follows a link."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        raise OSError(errno.ELOOP, "is a symbolic link; not replacing it", path)
+    if stat.S_ISDIR(info.st_mode):
+        raise OSError(errno.EISDIR, "is a directory", path)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, "is not a regular file", path)
+    return info.st_mode & 0o7777
+
+
+def stage_file(path: str, text: str, default_mode: int = 0o644) -> str:
+    """Write ``text`` to a new temporary file next to ``path`` (same mode); returns its name.
+
+    Refuses (OSError) if ``path`` is a link, a directory or anything but a regular file.
+    """
+    mode = _existing_mode(path)
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=".migrate-", dir=directory)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
-        os.chmod(temp, mode)
+            os.fchmod(out.fileno(), default_mode if mode is None else mode)
+    except BaseException:
+        os.unlink(temp)
+        raise
+    return temp
+
+
+def backup_file(path: str, suffix: str) -> str:
+    """Copy a regular file to ``path+suffix`` (a new file); "" if there is nothing to keep.
+
+    Never follows a link: the source is opened with O_NOFOLLOW and the copy is created with
+    O_CREAT|O_EXCL|O_NOFOLLOW, so a file or link planted at the backup's name is an error.
+    """
+    if _existing_mode(path) is None:
+        return ""
+    backup = path + suffix
+    source = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        info = os.fstat(source)
+        try:
+            target = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o600)
+        except FileExistsError:
+            raise OSError(errno.EEXIST, "exists already (a file or a link); not writing a backup through "
+                          "it", backup) from None
+        try:
+            while chunk := os.read(source, 65536):
+                os.write(target, chunk)
+            with contextlib.suppress(PermissionError):
+                os.fchown(target, info.st_uid, info.st_gid)
+            os.fchmod(target, info.st_mode & 0o7777)
+            os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+        except BaseException:
+            os.close(target)
+            os.unlink(backup)
+            raise
+        os.close(target)
+    finally:
+        os.close(source)
+    return backup
+
+
+def install_file(path: str, text: str, backup_suffix: str, default_mode: int = 0o644) -> str:
+    """Write ``path`` atomically; an existing file is copied to ``path+suffix`` first."""
+    temp = stage_file(path, text, default_mode)
+    try:
+        backup = backup_file(path, backup_suffix)
         os.replace(temp, path)
     except BaseException:
-        if os.path.exists(temp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
     return backup
+
+
+def _undo_install(staged: dict[str, str], backups: dict[str, str], done: list[str]) -> None:
+    """Put back what :func:`install_files` replaced; remove its temporary files and new backups."""
+    for path in reversed(done):
+        with contextlib.suppress(OSError):
+            if backups[path]:
+                os.replace(backups[path], path)
+            else:
+                os.unlink(path)
+    leftovers = [temp for path, temp in staged.items() if path not in done]
+    leftovers += [backup for path, backup in backups.items() if backup and path not in done]
+    for name in leftovers:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def install_files(files: Sequence[tuple[str, str]], backup_suffix: str,
+                  check: Callable[[dict[str, str]], None] = lambda staged: None) -> list[tuple[str, str]]:
+    """Install every (path, text), or none of them; returns (path, backup) pairs.
+
+    All files are staged and ``check`` (given path -> staged file) runs before anything is replaced;
+    if a replacement fails, the files already replaced are put back.  Raises OSError or what
+    ``check`` raises.
+    """
+    staged: dict[str, str] = {}
+    backups: dict[str, str] = {}
+    done: list[str] = []
+    try:
+        for path, text in files:
+            staged[path] = stage_file(path, text)
+        check(staged)
+        for path, _ in files:
+            backups[path] = backup_file(path, backup_suffix)
+        for path, _ in files:
+            os.replace(staged[path], path)
+            done.append(path)
+    except BaseException:
+        _undo_install(staged, backups, done)
+        raise
+    return [(path, backups[path]) for path, _ in files]
 
 
 # ---------------------------------------------------------------- migrate-bans
@@ -203,11 +305,11 @@ def _legacy_settings(system: System, path: str, notes: list[str]) -> dict[str, s
     except ConfigError as exc:
         notes.append(f"{exc} (using PortSentry's default paths)")
         return {}
-    found: dict[str, str] = {}
-    for line in lines:
-        if line.key and line.value is not None:
-            found.setdefault(line.key, line.value)
-    return found
+    first: dict[str, str | None] = {}
+    for line in lines:  # PortSentry read the first line of a key, and skipped it without quotes
+        if line.key:
+            first.setdefault(line.key, line.value)
+    return {key: value for key, value in first.items() if value is not None}
 
 
 def _read_records(system: System, leftovers: Leftovers, settings: dict[str, str]) -> None:
@@ -252,11 +354,12 @@ def _find_routes(system: System, leftovers: Leftovers, recorded: set[str], kill_
             _add(leftovers, "route", route.describe(), route.delete_argv(), route.address)
 
 
-def _find_firewall(system: System, leftovers: Leftovers, recorded: set[str]) -> None:
+def _find_firewall(system: System, leftovers: Leftovers, recorded: set[str], kill_run_cmd: str) -> None:
     managed: list[tuple[str, str]] = []
+    chains = legacy.kill_chains(kill_run_cmd)
     for family, tool in ((4, "iptables-save"), (6, "ip6tables-save")):
         out = _command(system, [tool], leftovers)
-        dump = legacy.parse_iptables_save(out or "", family, recorded)
+        dump = legacy.parse_iptables_save(out or "", family, recorded, chains)
         if dump.nft_backend:
             managed += [("ip" if family == 4 else "ip6", table) for table in dump.tables]
         for rule in dump.rules:
@@ -274,7 +377,7 @@ def collect(system: System, options: Options) -> Leftovers:
     recorded = set(leftovers.records)
     if not recorded:
         return leftovers
-    _find_firewall(system, leftovers, recorded)
+    _find_firewall(system, leftovers, recorded, settings.get("KILL_RUN_CMD", ""))
     _find_routes(system, leftovers, recorded, settings.get("KILL_ROUTE", ""))
     deny_text = system.read(HOSTS_DENY)
     templates = (*legacy.DEFAULT_HOSTS_DENY, settings.get("KILL_HOSTS_DENY", ""))
@@ -440,20 +543,22 @@ def _read_optional(path: str) -> str | None:
 
 
 def _write_imported(to: str, ignore_target: str, config_text: str, ignore_text: str) -> int:
-    """Install both files (backups kept), then load the result as the daemon would."""
+    """Install both files or neither (backups kept), checked first as the daemon would load them."""
     suffix = f".bak-{stamp(time.time())}"
-    written: list[tuple[str, str]] = []
-    for path, text in ((ignore_target, ignore_text), (to, config_text)):
-        written.append((path, install_file(path, text, suffix)))
+
+    def check(staged: dict[str, str]) -> None:
+        try:
+            load_config(staged[to], defaults=())
+        except ConfigError as exc:
+            raise ConfigError(to, exc.line, exc.key, exc.what) from None
     try:
-        load_config(to, defaults=())
+        written = install_files(((ignore_target, ignore_text), (to, config_text)), suffix, check)
     except ConfigError as exc:
-        for path, backup in written:
-            if backup:
-                os.replace(backup, path)
-            else:
-                os.unlink(path)
-        print(f"import-config: {exc} (written files restored)", file=sys.stderr)
+        print(f"import-config: {exc}; nothing written", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"import-config: {exc.filename or to}: {exc.strerror or exc}; nothing written",
+              file=sys.stderr)
         return 2
     for path, backup in written:
         print(f"wrote {path}" + (f" (previous version kept as {backup})" if backup else ""))

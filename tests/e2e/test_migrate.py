@@ -77,6 +77,13 @@ def block_like_portsentry(lab: Lab) -> None:
         ["iptables", "-I", "INPUT", "-s", OLD, "-j", "DROP"],
         ["iptables", "-A", "INPUT", "-s", RECENT, "-p", "tcp", "--dport", "22", "-j", "DROP"],
         ["iptables", "-A", "INPUT", "-s", FOREIGN, "-j", "DROP"],
+        # not PortSentry's (issue 12 item 1): Debian's sshd jail, other chains, an annotated rule
+        ["iptables", "-N", "f2b-sshd"],
+        ["iptables", "-A", "f2b-sshd", "-s", RECENT, "-j", "REJECT", "--reject-with", "icmp-port-unreachable"],
+        ["iptables", "-A", "OUTPUT", "-s", RECENT, "-j", "DROP"],
+        ["iptables", "-N", "DOCKER-USER"],
+        ["iptables", "-A", "DOCKER-USER", "-s", RECENT_UDP, "-j", "DROP"],
+        ["iptables", "-A", "INPUT", "-s", OLD, "-m", "comment", "--comment", "keep blocked", "-j", "DROP"],
         ["nft", "add", "table", "inet", "legacy"],
         ["nft", "add", "chain", "inet", "legacy", "input", "{ type filter hook input priority 0; }"],
         ["nft", "add", "rule", "inet", "legacy", "input", "ip", "saddr", RECENT_UDP, "drop"],
@@ -156,9 +163,9 @@ def test_portsentry_blocks_become_expiring_fail2ban_bans(tmp_path: Path, journal
             # PortSentry's blocks are gone
             for address in (RECENT, OLD, IGNORED):
                 assert address not in after["routes4"]
-            assert f"-s {RECENT}/32 -j DROP" not in after["iptables"]
+            assert f"-A INPUT -s {RECENT}/32 -j DROP" not in after["iptables"]
             assert "Portsentry: dropping" not in after["iptables"]
-            assert f"-s {OLD}/32 -j DROP" not in after["iptables"]
+            assert f"-A INPUT -s {OLD}/32 -j DROP" not in after["iptables"]
             assert f"ip saddr {RECENT_UDP} drop" not in after["nft"]
             assert RECENT6 not in after["routes6"] and RECENT6 not in after["ip6tables"]
             deny = after["etc/hosts.deny"]
@@ -168,6 +175,10 @@ def test_portsentry_blocks_become_expiring_fail2ban_bans(tmp_path: Path, journal
             assert f"{FOREIGN_ROUTED} via {DEAD_GW}" in after["routes4"]
             assert f"-A INPUT -s {RECENT}/32 -p tcp -m tcp --dport 22 -j DROP" in after["iptables"]
             assert f"-A INPUT -s {FOREIGN}/32 -j DROP" in after["iptables"]
+            for kept in (f"-A f2b-sshd -s {RECENT}/32 -j REJECT --reject-with icmp-port-unreachable",
+                         f"-A OUTPUT -s {RECENT}/32 -j DROP", f"-A DOCKER-USER -s {RECENT_UDP}/32 -j DROP",
+                         f'-A INPUT -s {OLD}/32 -m comment --comment "keep blocked" -j DROP'):
+                assert kept in after["iptables"], kept
             assert f"ip saddr {FOREIGN} counter" in after["nft"]
             assert f"ALL: {FOREIGN} : DENY" in deny and "sshd: 192.0.2.200" in deny
             # old and ignored addresses are unblocked, not re-banned

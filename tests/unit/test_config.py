@@ -72,8 +72,8 @@ def test_shipped_default_config_is_valid() -> None:
     ('SUMMARY_INTERVAL="5"', "summary_interval", 5),
     ('SUMMARY_MAX_LINES="0"', "summary_max_lines", 0),
     ('STATE_MAX_SOURCES="100"', "state_max_sources", 100),
+    ('STATE_MAX_SOURCES="65536"', "state_max_sources", 65536),
     ('PLAN_REFRESH="1"', "plan_refresh", 1),
-    ("SCAN_TRIGGER = 2 # unquoted, spaced, commented", "scan_trigger", 2),
     ('SCAN_TRIGGER="2"  # trailing comment', "scan_trigger", 2),
 ])
 def test_every_key(tmp_path: Path, line: str, field: str, value: object) -> None:
@@ -94,6 +94,13 @@ def test_every_key(tmp_path: Path, line: str, field: str, value: object) -> None
     ('LOG_TARGET="file"\n', "portsentry.conf:1: LOG_TARGET: 'file' is not one of auto"),
     ('IGNORE_FILE="relative"\n', "portsentry.conf:1: IGNORE_FILE: 'relative' is not an absolute path"),
     ('STATE_MAX_SOURCES="1"\n', "portsentry.conf:1: STATE_MAX_SOURCES: '1' is not a whole number from 16"),
+    # issue 12 item 10: ~9 KiB per busy source (bench/state_memory.py): 10,000,000 would be ~90 GB
+    ('STATE_MAX_SOURCES="10000000"\n', "STATE_MAX_SOURCES: '10000000' is not a whole number from 16 to 65536"),
+    ('STATE_MAX_SOURCES="65537"\n', "STATE_MAX_SOURCES: '65537' is not a whole number from 16 to 65536"),
+    # issue 12 item 10: a NUL byte (or any control character) in a value
+    ('IGNORE_FILE="/etc/x\x00y"\n', "portsentry.conf:1: IGNORE_FILE: contains a NUL byte"),
+    ('PORT_BANNER="a\x1bb"\n', "portsentry.conf:1: PORT_BANNER: contains a control character ('\\x1b')"),
+    ('SCAN_TRIGGER="1\x00"\n', "portsentry.conf:1: SCAN_TRIGGER: contains a NUL byte"),
     ('PORT_BANNER="' + "x" * 600 + '"\n', "portsentry.conf:1: PORT_BANNER: longer than 512"),
     ('SCAN_TRIGGER="1\n', "portsentry.conf:1: SCAN_TRIGGER: missing closing quote"),
     ('SCAN_TRIGGER="1" junk\n', "portsentry.conf:1: SCAN_TRIGGER: unexpected text after the closing quote"),
@@ -119,10 +126,36 @@ def test_missing_and_non_utf8_files(tmp_path: Path) -> None:
 
 
 def test_unknown_and_duplicate_keys_are_warned_not_lost(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, 'SCAN_TRIGER="2"\nSCAN_TRIGGER="1"\nSCAN_TRIGGER="4"\n'), [])
-    assert config.scan_trigger == 4
+    """Issue 12 item 13: the first occurrence wins, as in PortSentry; later ones are warned about."""
+    path = write(tmp_path, 'SCAN_TRIGER="2"\nSCAN_TRIGGER="1"\nSCAN_TRIGGER="4"\n')
+    config = load_config(path, [])
+    assert config.scan_trigger == 1
     assert any("SCAN_TRIGER: unknown key" in w for w in config.warnings)
-    assert any(":3: SCAN_TRIGGER: overrides line 2" in w for w in config.warnings)
+    assert f"{path}:3: SCAN_TRIGGER: repeated, ignored: PortSentry read only line 2" in config.warnings
+
+
+def test_unquoted_values_are_skipped_and_warned_like_portsentry(tmp_path: Path) -> None:
+    """Issue 12 item 13: PortSentry skipped a value without quotes; so does the sensor, loudly.
+
+    PortSentry's ConfigTokenRetrieve() stops at the first line naming the key: without quotes the
+    option is skipped, and a quoted repeat further down is never read.
+    """
+    path = write(tmp_path, "SCAN_TRIGGER = 2 # unquoted, spaced, commented\nSCAN_WINDOW=60\n"
+                           'SCAN_WINDOW="90"\n')
+    config = load_config(path, [])
+    assert config.scan_trigger == 0 and config.scan_window == 300
+    assert f"{path}:1: SCAN_TRIGGER: no quotes around the value: skipped, as PortSentry did " \
+        '(write SCAN_TRIGGER="...")' in config.warnings
+    assert any(w.startswith(f"{path}:2: SCAN_WINDOW: no quotes") for w in config.warnings)
+    assert f"{path}:3: SCAN_WINDOW: repeated, ignored: PortSentry read only line 2" in config.warnings
+
+
+def test_defaults_file_reads_like_the_shell_that_sourced_it(tmp_path: Path) -> None:
+    """/etc/default/portsentry was sourced by the init script: unquoted words count, the last wins."""
+    conf = write(tmp_path, 'TCP_PORTS="1"\nUDP_PORTS="7"\n')
+    defaults = write(tmp_path, 'TCP_MODE="atcp"\nTCP_MODE=stcp\nUDP_MODE=udp\n', "default")
+    config = load_config(conf, [defaults])
+    assert config.tcp_modes == ("stcp",) and config.udp_modes == ("udp",)
 
 
 def test_blocking_keys_warned_once_even_if_all_set(tmp_path: Path) -> None:
@@ -140,3 +173,12 @@ def test_parse_text_keeps_line_numbers() -> None:
 def test_config_defaults_are_the_shipped_ones() -> None:
     config = Config()
     assert config.tcp_modes == ("atcp",) and config.advanced_ports_tcp == 1024
+
+
+def test_nul_byte_in_a_value_is_one_line_exit_2_for_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12 item 10: exit 1 with a traceback put the unit into a Restart=on-failure loop."""
+    from sensor.cli import main
+    path = write(tmp_path, 'IGNORE_FILE="/etc/portsentry-sensor/x\x00y"\nLOG_TARGET="stderr"\n')
+    assert main(["check", "--config", path, "--defaults", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"portsentry-sensor: {path}:1: IGNORE_FILE: contains a NUL byte"]

@@ -179,3 +179,40 @@ def test_mode_missing_from_etc_default_stays_off(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nothing to watch"):
         import_config(conf, "p.conf", "# no modes at all\n", "d", None, "s", None, "i",
                       str(tmp_path / "portsentry.ignore"))
+
+
+AGREE_CONF = """# an old, hand-edited /etc/portsentry/portsentry.conf
+TCP_PORTS="1,11,15"
+UDP_PORTS="1,7,9"
+SCAN_TRIGGER="2"
+SCAN_TRIGGER="5"
+ADVANCED_PORTS_TCP=2048
+ADVANCED_PORTS_TCP="4000"
+ADVANCED_EXCLUDE_TCP = 113
+ADVANCED_EXCLUDE_TCP="22,113"
+RESOLVE_HOST=1
+PORT_BANNER="first"
+PORT_BANNER="second"
+"""
+
+
+def test_check_and_import_config_agree_on_duplicates_and_unquoted_values(tmp_path: Path) -> None:
+    """Issue 12 item 13: the daemon's reader (check, run) and import-config read one file alike."""
+    old = tmp_path / "portsentry"
+    old.mkdir()
+    conf, defaults = old / "portsentry.conf", tmp_path / "default"
+    conf.write_text(AGREE_CONF)
+    defaults.write_text('TCP_MODE="tcp"\nUDP_MODE=udp\n')
+    checked = load_config(str(conf), [str(defaults)])
+    imported = import_config(AGREE_CONF, str(conf), defaults.read_text(), str(defaults), None,
+                             str(old / "portsentry.ignore.static"), None, str(old / "portsentry.ignore"),
+                             str(tmp_path / "portsentry.ignore")).config
+    fields = ("tcp_modes", "udp_modes", "tcp_ports", "udp_ports", "scan_trigger", "advanced_ports_tcp",
+              "advanced_exclude_tcp", "resolve_host", "port_banner")
+    assert {f: getattr(checked, f) for f in fields} == {f: getattr(imported, f) for f in fields}
+    # first occurrence only; an unquoted first occurrence leaves the key unset (PortSentry skipped it)
+    assert (checked.scan_trigger, checked.advanced_ports_tcp, checked.port_banner) == (2, 1024, "first")
+    assert checked.advanced_exclude_tcp == (113, 139) and checked.resolve_host is False
+    assert checked.udp_modes == ("udp",)
+    warned = {w.split(": ")[0].rsplit(":", 1)[1] for w in checked.warnings if str(conf) in w}
+    assert warned == {"5", "6", "7", "8", "9", "10", "12"}

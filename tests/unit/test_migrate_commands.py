@@ -131,6 +131,26 @@ def test_apply_bans_first_then_removes_only_portsentry_blocks(root: Path) -> Non
     assert "portsentry.history" in state and "portsentry.blocked.atcp" not in state
 
 
+NOT_OURS = ["-A f2b-sshd -s 203.0.113.10/32 -j REJECT --reject-with icmp-port-unreachable",
+            "-A OUTPUT -s 203.0.113.10/32 -j DROP",
+            "-A DOCKER-USER -s 203.0.113.12/32 -j DROP",
+            '-A INPUT -s 203.0.113.12/32 -m comment --comment "keep blocked" -j DROP']
+
+
+def test_apply_leaves_fail2ban_output_docker_and_commented_rules(root: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12 item 1: only the chain KILL_RUN_CMD named (INPUT here), only PortSentry's shapes."""
+    system = FakeSystem(root)
+    system.iptables += NOT_OURS
+    assert migrate.migrate_bans(system, Options(), do_apply=False) == 0
+    plan = capsys.readouterr().out
+    assert "f2b-sshd" not in plan and "OUTPUT" not in plan and "DOCKER-USER" not in plan
+    assert "keep blocked" not in plan
+    assert migrate.migrate_bans(system, Options(), do_apply=True) == 0
+    assert system.iptables[-len(NOT_OURS):] == NOT_OURS
+    assert not any(c[:1] == ("iptables",) and c[4] != "INPUT" for c in system.calls)
+
+
 def test_second_run_finds_nothing_to_do(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     system = FakeSystem(root)
     assert migrate.migrate_bans(system, Options(), do_apply=True) == 0
@@ -255,3 +275,109 @@ def test_import_broken_input_exit_2_nothing_written(case: str, tmp_path: Path,
 def test_import_missing_portsentry_conf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert migrate.main(["import-config", "--from", str(tmp_path), "--to", str(tmp_path / "x.conf")]) == 2
     assert "portsentry.conf: No such file" in capsys.readouterr().err
+
+
+def test_import_write_config_target_is_a_directory_writes_neither(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12 item 11: both files or neither; the ignore file is left exactly as it was."""
+    etc = tmp_path / "etc"
+    (etc / "portsentry.conf").mkdir(parents=True)
+    (etc / "portsentry.ignore").write_text("192.0.2.77\n")
+    assert _import("howto-block", etc / "portsentry.conf", "--write") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{etc / 'portsentry.conf'}: " in err and "nothing written" in err
+    assert (etc / "portsentry.ignore").read_text() == "192.0.2.77\n"
+    assert sorted(p.name for p in etc.iterdir()) == ["portsentry.conf", "portsentry.ignore"]
+    assert list((etc / "portsentry.conf").iterdir()) == []
+
+
+def test_import_write_second_file_failing_restores_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "portsentry.ignore").write_text("192.0.2.77\n")
+    (etc / "portsentry.conf").write_text("# old\n")
+    real_replace = os.replace
+
+    def replace(src: str, dst: str) -> None:
+        if str(dst).endswith("portsentry.conf"):
+            raise OSError(28, "No space left on device", str(dst))
+        real_replace(src, dst)
+    monkeypatch.setattr(migrate.os, "replace", replace)
+    assert _import("howto-block", etc / "portsentry.conf", "--write") == 2
+    monkeypatch.undo()
+    assert "No space left on device" in capsys.readouterr().err
+    assert (etc / "portsentry.ignore").read_text() == "192.0.2.77\n"
+    assert (etc / "portsentry.conf").read_text() == "# old\n"
+    assert sorted(p.name for p in etc.iterdir()) == ["portsentry.conf", "portsentry.ignore"]
+
+
+def test_backups_never_follow_a_planted_symlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12 item 11: a link at the (predictable) backup name is never written through."""
+    monkeypatch.setattr(migrate, "stamp", lambda now: "20260101T000000")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (etc / "portsentry.conf").write_text("# old\n")
+    (etc / "portsentry.conf.bak-20260101T000000").symlink_to(victim)
+    assert _import("howto-block", etc / "portsentry.conf", "--write") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "portsentry.conf.bak-20260101T000000" in err
+    assert victim.read_text() == "precious\n"
+    assert (etc / "portsentry.conf").read_text() == "# old\n"
+    assert not (etc / "portsentry.ignore").exists()
+    # the same for migrate-bans' hosts.deny backup
+    (etc / "hosts.deny").write_text("ALL: 192.0.2.1\n")
+    (etc / "hosts.deny.bak").symlink_to(victim)
+    with pytest.raises(OSError):
+        HostSystem(str(tmp_path)).write("/etc/hosts.deny", "", ".bak")
+    assert victim.read_text() == "precious\n" and (etc / "hosts.deny").read_text() == "ALL: 192.0.2.1\n"
+
+
+def test_install_never_replaces_a_symlinked_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (etc / "portsentry.ignore").symlink_to(victim)
+    assert _import("howto-block", etc / "portsentry.conf", "--write") == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert victim.read_text() == "precious\n" and (etc / "portsentry.ignore").is_symlink()
+    assert not (etc / "portsentry.conf").exists()
+
+
+def test_absurd_history_timestamp_is_a_note_not_a_crash(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12 item 10: a history line stamped 99999999999999999999 (OverflowError before)."""
+    history = root / "var/lib/portsentry/portsentry.history"
+    history.write_text(history.read_text() + "99999999999999999999 - 11/13/2023 18:26:40 Host: "
+                       "203.0.113.10/203.0.113.10 Port: 111 TCP Blocked\n")
+    system = FakeSystem(root)
+    assert migrate.migrate_bans(system, Options(), do_apply=True) == 0
+    out = capsys.readouterr().out
+    assert "portsentry.history:6: timestamp out of range: '99999999999999999999'" in out
+    assert system.banned == ["203.0.113.10", "203.0.113.12"]
+
+
+def test_kill_hosts_deny_naming_the_target_twice(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12 item 10: re.error traceback before; now the lines of that shape are found."""
+    conf = root / "etc/portsentry/portsentry.conf"
+    conf.write_text(conf.read_text().replace('KILL_HOSTS_DENY="ALL: $TARGET$ : DENY"',
+                                             'KILL_HOSTS_DENY="ALL: $TARGET$ # blocked $TARGET$"'))
+    deny = root / "etc/hosts.deny"
+    deny.write_text(deny.read_text() + "ALL: 203.0.113.12 # blocked 203.0.113.12\n")
+    assert migrate.migrate_bans(FakeSystem(root), Options(), do_apply=True) == 0
+    assert "203.0.113.12" not in deny.read_text()
+
+
+def test_legacy_settings_read_like_portsentry(tmp_path: Path) -> None:
+    """The first line of a key counts; without quotes PortSentry skipped the key (item 13's rule)."""
+    (tmp_path / "etc/portsentry").mkdir(parents=True)
+    (tmp_path / "etc/portsentry/portsentry.conf").write_text(
+        'KILL_RUN_CMD=/sbin/iptables -I custom -s $TARGET$ -j DROP\n'
+        'KILL_RUN_CMD="/sbin/iptables -I other -s $TARGET$ -j DROP"\n'
+        'HISTORY_FILE="/a"\nHISTORY_FILE="/b"\n')
+    settings = migrate._legacy_settings(FakeSystem(tmp_path), Options().legacy_conf, [])
+    assert settings == {"HISTORY_FILE": "/a"}
