@@ -227,3 +227,29 @@ def run_sample_harness(work: Path, filters: list[Path], sample: Path, root: Path
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
                             env=ENV)
     return HarnessRun(result.returncode, result.stdout + result.stderr, copied)
+
+
+CONTRACT = Path(__file__).resolve().parent / "f2b_action_contract.py"
+
+
+def run_action_contract(work: Path, action: Path, root: Path | None = None,
+                        timeout: float = 120) -> HarnessRun:
+    """Run f2b_action_contract.py (fail2ban's action test utilities) on a Python action.
+
+    work: an empty directory (inside ``root`` when given) for copies of both files; the
+    system python3 of the host or of ``root`` runs it, with that fail2ban.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    script, copied = work / CONTRACT.name, work / action.name
+    shutil.copy(CONTRACT, script)
+    shutil.copy(action, copied)
+    if root is None:
+        prefix: list[str] = []
+        paths = [script, copied]
+    else:
+        prefix = ["chroot", str(root)]
+        paths = [Path("/") / p.relative_to(root) for p in (script, copied)]
+    command = [*prefix, "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in ENV.items()), "/bin/sh", "-c",
+               'cd "$(dirname "$0")" && exec /usr/bin/python3 "$0" "$1"', *map(str, paths)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, env=ENV)
+    return HarnessRun(result.returncode, result.stdout + result.stderr, copied)
