@@ -164,6 +164,12 @@ def pristine_config(dest: Path, root: Path | None = None) -> Path:
     return dest
 
 
+def package_version(root: Path | None = None) -> str:
+    """The installed fail2ban package's upstream version (1.0.2 on Debian 12, 1.1.0 on 13)."""
+    version = _query(["-W", "-f", "${Version}", "fail2ban"], root).strip()
+    return version.split(":", 1)[-1].rsplit("-", 1)[0]
+
+
 def package_dir(root: Path | None = None) -> Path:
     """Host path of the installed ``fail2ban`` Python package (from dpkg's file list)."""
     for path in _query(["-L", "fail2ban"], root).splitlines():
@@ -184,6 +190,12 @@ class HarnessRun:
     returncode: int
     output: str
     sample: Path
+
+    @property
+    def version(self) -> str | None:
+        """The fail2ban version that ran (from fail2ban's test-suite banner)."""
+        found = re.search(r"^Fail2ban (\S+) test suite", self.output, re.MULTILINE)
+        return found.group(1) if found else None
 
     @property
     def ran_one_test(self) -> bool:

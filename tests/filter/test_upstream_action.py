@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from f2b_harness import HarnessRun, run_action_contract
+from f2b_harness import HarnessRun, package_version, run_action_contract
 
 ACTION = Path(__file__).resolve().parents[2] / "fail2ban" / "action.d" / "portsentry-escalate.py"
 CASES = 5
@@ -79,6 +79,8 @@ def test_action_contract_in_another_debian_root() -> None:
     assert ROOT is not None
     work = Path(ROOT) / "tmp" / f"portsentry-action-{os.getpid()}"
     try:
-        assert_contract_holds(contract(work, root=Path(ROOT)))
+        run = contract(work, root=Path(ROOT))
+        assert_contract_holds(run)
+        assert run.version == package_version(Path(ROOT)), run.output[-300:]  # the root's fail2ban ran
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -24,6 +24,7 @@ from f2b_harness import (
     HarnessRun,
     Sample,
     SampleError,
+    package_version,
     read_samples,
     run_sample_harness,
 )
@@ -60,7 +61,9 @@ def assert_passes(run: HarnessRun) -> None:
 
 def test_fail2ban_harness_passes_our_samples(tmp_path: Path) -> None:
     """Issue 17: fail2ban-testcases' sample test for portsentry-sensor passes."""
-    assert_passes(harness(tmp_path))
+    run = harness(tmp_path)
+    assert_passes(run)
+    assert run.version == package_version(), run.output[:300]
 
 
 def _first(samples: list[Sample], want: Callable[[Sample], bool]) -> Sample:
@@ -149,7 +152,9 @@ def test_fail2ban_harness_in_another_debian_root(tmp_path: Path) -> None:
     work = root / "tmp" / f"portsentry-harness-{os.getpid()}"
     try:
         work.mkdir()
-        assert_passes(harness(work / "ok", root=root))
+        run = harness(work / "ok", root=root)
+        assert_passes(run)
+        assert run.version == package_version(root), run.output[:300]  # the root's fail2ban ran
         copy, sample = mutate(tmp_path, "verified-mode-bans-unverified")
         assert_fails_at(harness(work / "bad", sample=copy, root=root), sample)
     finally:
