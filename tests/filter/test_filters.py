@@ -1,20 +1,21 @@
 """Every filter of the jail pack against its annotated sample log, through fail2ban-regex.
 
-Upstream fail2ban's convention: tests/filter/samples/<filter> holds log lines, each
-preceded by ``# failJSON: {"match": ..., "host": ...}``; ``# filterOptions: [...]``
-lists the filter parameter sets to run.  fail2ban-regex exits 0 even when nothing
-matched (DESIGN.md section 5), so we check, line by line, what it matched and
-which address it yielded.
+tests/filter/samples/<filter> is in fail2ban's own sample format (the one its
+samplestestcase.py reads, see tests/filter/f2b_harness.py): ``# filterOptions: [...]``
+sections, each log line preceded by ``# failJSON: {"match": ..., "host": ..., "time": ...}``.
+test_upstream_harness.py runs fail2ban's harness on the same file; here fail2ban-regex,
+which exits 0 even when nothing matched (DESIGN.md section 5), so we check, line by line,
+what it matched and which address it yielded, for each option set.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from f2b_harness import Sample, read_samples
 
 from sensor.alert import Alert, format_alert
 
@@ -24,43 +25,17 @@ FILTERS = HERE.parents[1] / "fail2ban" / "filter.d"
 FILTER_NAMES = sorted(p.stem for p in FILTERS.glob("*.conf"))
 
 
-@dataclass
-class Sample:
-    """One annotated log line."""
-
-    number: int
-    line: str
-    match: bool
-    host: str | None
-    modes: list[str] | None = None
+def option_sets(samples: list[Sample]) -> list[dict[str, str]]:
+    """The distinct filter option sets of a sample file, in order of appearance."""
+    found: list[dict[str, str]] = []
+    for sample in samples:
+        found += [o for o in sample.options if o not in found]
+    return found
 
 
-@dataclass
-class SampleLog:
-    """A parsed sample file: its option sets and its annotated lines."""
-
-    options: list[dict[str, str]] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)
-
-
-def parse_samples(path: Path) -> SampleLog:
-    """Read a sample file; every log line must carry a failJSON annotation."""
-    log = SampleLog()
-    pending: dict[str, object] | None = None
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = raw.rstrip("\n")
-        if line.startswith("# filterOptions:"):
-            log.options = json.loads(line.split(":", 1)[1])
-        elif line.startswith("# failJSON:"):
-            pending = json.loads(line.split(":", 1)[1])
-        elif line.startswith("#") or not line.strip():
-            continue
-        else:
-            assert pending is not None, f"{path.name}:{number}: log line without a failJSON annotation"
-            log.samples.append(Sample(number, line, bool(pending["match"]),
-                                      pending.get("host"), pending.get("modes")))  # type: ignore[arg-type]
-            pending = None
-    return log
+def checked_under(samples: list[Sample], options: dict[str, str]) -> list[Sample]:
+    """The samples whose section lists this option set."""
+    return [s for s in samples if options in s.options]
 
 
 def run_regex(confdir: Path, logfile: Path, filter_spec: str) -> list[tuple[str, str]]:
@@ -89,18 +64,20 @@ def test_every_filter_has_samples() -> None:
     for name in FILTER_NAMES:
         path = SAMPLES / name
         assert path.exists(), f"filter {name} has no sample log {path}"
-        log = parse_samples(path)
-        assert any(s.match for s in log.samples), f"{name}: no sample that must match"
-        assert any(not s.match for s in log.samples), f"{name}: no sample that must not match"
-        lines = [s.line for s in log.samples]
-        assert len(lines) == len(set(lines)), f"{name}: sample lines must be unique"
+        samples = read_samples(path)
+        for options in option_sets(samples):
+            checked = checked_under(samples, options)
+            assert any(s.match for s in checked), f"{name} {options}: no sample that must match"
+            assert any(not s.match for s in checked), f"{name} {options}: no sample that must not match"
+            lines = [s.line for s in checked]
+            assert len(lines) == len(set(lines)), f"{name} {options}: a line annotated twice"
 
 
 def _cases() -> list[tuple[str, dict[str, str]]]:
     cases = []
     for name in FILTER_NAMES:
         path = SAMPLES / name
-        options = parse_samples(path).options if path.exists() else []
+        options = option_sets(read_samples(path)) if path.exists() else []
         cases += [(name, opts) for opts in (options or [{}])]
     return cases
 
@@ -108,25 +85,22 @@ def _cases() -> list[tuple[str, dict[str, str]]]:
 @pytest.mark.parametrize(("name", "options"), _cases(),
                          ids=lambda v: v if isinstance(v, str) else json.dumps(v))
 def test_filter_matches_exactly_the_annotated_lines(
-        f2b_confdir: Path, name: str, options: dict[str, str]) -> None:
+        f2b_confdir: Path, tmp_path: Path, name: str, options: dict[str, str]) -> None:
     """Each must-match line yields its annotated host; every other line yields nothing."""
-    log = parse_samples(SAMPLES / name)
-    mode = options.get("mode")
-    expected = {}
-    for sample in log.samples:
-        wanted = sample.match and (sample.modes is None or mode in sample.modes)
-        if wanted:
-            assert sample.host, f"{name}:{sample.number}: a matching sample must name its host"
-            expected[sample.line] = sample.host
-    found = run_regex(f2b_confdir, SAMPLES / name, filter_spec(name, options))
+    samples = checked_under(read_samples(SAMPLES / name), options)
+    expected = {s.line: s.host for s in samples if s.match}
+    logfile = tmp_path / name
+    logfile.write_text("".join(s.line + "\n" for s in samples), encoding="utf-8")
+    found = run_regex(f2b_confdir, logfile, filter_spec(name, options))
     got = {}
     for address, line in found:
         assert line not in got, f"matched twice: {line}"
         got[line] = address
-    numbers = {s.line: s.number for s in log.samples}
+    numbers = {s.line: s.number for s in samples}
     unexpected = {numbers.get(k, 0): v for k, v in got.items() if k not in expected}
     missed = {numbers[k]: v for k, v in expected.items() if k not in got}
     wrong = {numbers[k]: (got[k], v) for k, v in expected.items() if k in got and got[k] != v}
+    # line numbers: of the failJSON annotation in the sample file
     assert not unexpected, f"lines that must not match did (line: address): {unexpected}"
     assert not missed, f"lines that must match did not (line: host): {missed}"
     assert not wrong, f"wrong address (line: (got, want)): {wrong}"
