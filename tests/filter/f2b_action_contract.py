@@ -62,7 +62,10 @@ class EscalateActionContract(LogCaptureTestCase):
                          (None, 4))
         # as fail2ban's testAddActionPython: unknown options are refused at load
         self.assertRaises(TypeError, self.actions.add, "extra", ACTION, {"after": "3", "bogus": "1"})
-        self.assertRaises(ValueError, self.actions.add, "zero", ACTION, {"after": "0"})
+        # a bad value never aborts fail2ban's start: logged, and the shipped ladder is used
+        self.actions.add("zero", ACTION, {"after": "0"})
+        self.assertEqual(self.actions["zero"].after, 4)
+        self.assertLogged("escalation keeps escalate_after = 4")
 
     def test_started_and_stopped_by_the_actions_thread(self):
         self.add(after="3", window="1h")

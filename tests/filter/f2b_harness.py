@@ -18,13 +18,15 @@ debootstrap) whose fail2ban runs the same harness through chroot.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pristine import NotPristine, copy_pristine, on_host
+from pristine import _query as pristine_query
 
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root",
        "PYTHONDONTWRITEBYTECODE": "1"}
@@ -108,60 +110,13 @@ def _check_failjson(where: str, data: dict[str, object]) -> None:
         raise SampleError(f"{where}: a line that must match needs its \"host\" and \"time\"")
 
 
-class ConfigNotPristine(Exception):
-    """The fail2ban package's files under /etc/fail2ban are missing or were edited."""
-
-
 def _query(args: list[str], root: Path | None) -> str:
-    admindir = ["--admindir", str(root / "var/lib/dpkg")] if root else []
-    result = subprocess.run(["dpkg-query", *admindir, *args], capture_output=True, text=True,
-                            env=ENV, timeout=60, check=False)
-    if result.returncode != 0:
-        raise ConfigNotPristine(f"fail2ban is not installed{f' in {root}' if root else ''}: "
-                                f"{result.stderr.strip()}")
-    return result.stdout
-
-
-def _host(path: str, root: Path | None) -> Path:
-    return (root / path.lstrip("/")) if root else Path(path)
-
-
-def package_files(root: Path | None = None) -> list[str]:
-    """Paths of the regular files the fail2ban package owns under /etc/fail2ban."""
-    return sorted(p for p in _query(["-L", "fail2ban"], root).splitlines()
-                  if p.startswith(ETC + "/") and _host(p, root).is_file()
-                  and not _host(p, root).is_symlink())
+    return pristine_query(*args, root=root)
 
 
 def pristine_config(dest: Path, root: Path | None = None) -> Path:
-    """Copy the fail2ban package's own /etc/fail2ban files to dest (a new directory).
-
-    Files not owned by the package (an admin's .local, jail.d additions) are never
-    copied; a conffile whose checksum differs from the one dpkg recorded at install
-    (edited by the admin) raises ConfigNotPristine naming it.
-    """
-    conffiles = {}
-    for line in _query(["-W", "-f", "${Conffiles}\n", "fail2ban"], root).splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and fields[0].startswith(ETC + "/"):
-            conffiles[fields[0]] = fields[1]
-    edited = []
-    files = package_files(root)
-    if not any(p.endswith("/filter.d/common.conf") for p in files):
-        raise ConfigNotPristine(f"{ETC}/filter.d/common.conf of the fail2ban package is missing")
-    for path in files:
-        source = _host(path, root)
-        want = conffiles.get(path)
-        if want and hashlib.md5(source.read_bytes()).hexdigest() != want:  # dpkg's checksum
-            edited.append(path)
-            continue
-        target = dest / path[len(ETC) + 1:]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
-    if edited:
-        raise ConfigNotPristine("edited since the fail2ban package installed them "
-                                f"(tests use only the package's own files): {', '.join(edited)}")
-    return dest
+    """The fail2ban package's own /etc/fail2ban files in dest (tests/pristine.py)."""
+    return copy_pristine(dest, root)
 
 
 def package_version(root: Path | None = None) -> str:
@@ -174,8 +129,8 @@ def package_dir(root: Path | None = None) -> Path:
     """Host path of the installed ``fail2ban`` Python package (from dpkg's file list)."""
     for path in _query(["-L", "fail2ban"], root).splitlines():
         if path.endswith("/fail2ban/tests/samplestestcase.py"):
-            return _host(path, root).parent.parent
-    raise ConfigNotPristine("the fail2ban package has no fail2ban/tests/samplestestcase.py")
+            return on_host(Path(path), root).parent.parent
+    raise NotPristine("the fail2ban package has no fail2ban/tests/samplestestcase.py")
 
 
 def case_name(filter_name: str) -> str:

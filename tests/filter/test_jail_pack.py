@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pristine import copy_pristine
 
 JAIL = "portsentry"
 
@@ -122,22 +123,9 @@ def test_rendered_file_backend(pack_confdir: Path) -> None:
 def pristine_confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Only the files Debian's fail2ban package owns under /etc/fail2ban (no admin .local, no
     distribution jails), plus our pack: what `fail2ban-client -t` sees on a fresh install."""
-    listing = subprocess.run(["dpkg-query", "-L", "fail2ban"], capture_output=True, text=True,
-                             timeout=60, check=False)
-    if listing.returncode != 0:
-        pytest.skip("fail2ban is not installed as a Debian package (tools/setup-env installs it)")
-    confdir = tmp_path_factory.mktemp("pristine") / "fail2ban"
-    system = Path("/etc/fail2ban")
-    for name in listing.stdout.splitlines():
-        path = Path(name)
-        if not path.is_relative_to(system) or path.suffix == ".local":
-            continue
-        target = confdir / path.relative_to(system)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        elif path.parent.name != "jail.d" and path.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, target)
+    confdir = copy_pristine(tmp_path_factory.mktemp("pristine") / "fail2ban")
+    for distribution_jail in (confdir / "jail.d").glob("*"):
+        distribution_jail.unlink()
     pack = Path(__file__).resolve().parents[2] / "fail2ban"
     for sub in ("filter.d", "action.d", "jail.d"):
         (confdir / sub).mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 from f2b_harness import (
-    ConfigNotPristine,
     HarnessRun,
     Sample,
     SampleError,
@@ -28,6 +27,7 @@ from f2b_harness import (
     read_samples,
     run_sample_harness,
 )
+from pristine import NotPristine
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE / "samples" / "portsentry-sensor"
@@ -48,7 +48,7 @@ def harness(work: Path, sample: Path = SAMPLE, root: Path | None = None) -> Harn
         pytest.skip(message)
     try:
         return run_sample_harness(work, [FILTER], sample, root=root)
-    except ConfigNotPristine as exc:
+    except NotPristine as exc:
         if in_ci():
             pytest.fail(str(exc))
         pytest.skip(str(exc))
