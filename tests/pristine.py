@@ -7,8 +7,9 @@ the jail-pack test read back.  :func:`copy_pristine` copies only the files the
 fail2ban package owns (``dpkg-query -L``), and takes any conffile an admin edited
 or removed (md5 different from ``dpkg-query``'s record) from the package's own
 .deb instead (apt's cache, else ``apt-get download`` of the installed version).
+:func:`copy_package_files` does the same for any package (crowdsec's patterns).
 
-Used by tests/filter/conftest.py, tests/e2e/f2b.py and tools/demo.
+Used by tests/filter/conftest.py, tests/e2e/f2b.py, tests/e2e/crowdsec.py and tools/demo.
 """
 
 from __future__ import annotations
@@ -27,57 +28,57 @@ DEB_CACHE = Path("/var/cache/portsentry-sensor-tests")
 def _query(*args: str) -> str:
     result = subprocess.run(["dpkg-query", *args], capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"dpkg-query {' '.join(args)}: {result.stderr.strip()} (is fail2ban installed?)")
+        raise RuntimeError(f"dpkg-query {' '.join(args)}: {result.stderr.strip()} (is the package installed?)")
     return result.stdout
 
 
-def owned_files() -> list[Path]:
-    """The regular files under /etc/fail2ban that the fail2ban package ships."""
-    paths = [Path(line) for line in _query("-L", "fail2ban").splitlines() if line.startswith(f"{ETC}/")]
-    return sorted(p for p in paths if p.is_file() or not p.exists() and p.suffix in (".conf", ".py"))
-
-
-def conffile_sums() -> dict[Path, str]:
-    """Conffile -> the md5 dpkg recorded when it installed the package."""
+def conffile_sums(package: str = "fail2ban", etc: Path = ETC) -> dict[Path, str]:
+    """Conffile under ``etc`` -> the md5 dpkg recorded when it installed ``package``."""
     sums = {}
-    for line in _query("-W", "-f=${Conffiles}\n", "fail2ban").splitlines():
+    for line in _query("-W", "-f=${Conffiles}\n", package).splitlines():
         fields = line.split()
-        if len(fields) >= 2 and fields[0].startswith(f"{ETC}/"):
+        if len(fields) >= 2 and fields[0].startswith(f"{etc}/"):
             sums[Path(fields[0])] = fields[1]
     return sums
 
 
-def changed_by_admin() -> list[Path]:
+def owned_files(package: str = "fail2ban", etc: Path = ETC) -> list[Path]:
+    """The files under ``etc`` that ``package`` ships (present or removed by an admin)."""
+    listed = {Path(line) for line in _query("-L", package).splitlines() if line.startswith(f"{etc}/")}
+    return sorted({p for p in listed if p.is_file()} | set(conffile_sums(package, etc)))
+
+
+def changed_by_admin(package: str = "fail2ban", etc: Path = ETC) -> list[Path]:
     """Conffiles whose content differs from what the package shipped (or that are gone)."""
     changed = []
-    for path, md5 in conffile_sums().items():
-        if not path.is_file() or hashlib.md5(path.read_bytes()).hexdigest() != md5:
+    for path, md5 in conffile_sums(package, etc).items():
+        if not path.is_file() or hashlib.md5(path.read_bytes()).hexdigest() != md5:  # noqa: S324 (dpkg's sum)
             changed.append(path)
     return changed
 
 
-def package_deb() -> Path:
-    """The installed fail2ban's .deb: apt's cache, or downloaded once into DEB_CACHE."""
-    version = _query("-W", "-f=${Version}", "fail2ban").strip()
-    name = f"fail2ban_{version.split(':')[-1]}_all.deb"
+def package_deb(package: str = "fail2ban") -> Path:
+    """The installed package's .deb: apt's cache, or downloaded once into DEB_CACHE."""
+    version, arch = _query("-W", "-f=${Version} ${Architecture}", package).split()
+    name = f"{package}_{version.split(':')[-1]}_{arch}.deb"
     for where in (Path("/var/cache/apt/archives"), DEB_CACHE):
         if (where / name).is_file():
             return where / name
     DEB_CACHE.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["apt-get", "download", f"fail2ban={version}"], cwd=DEB_CACHE,
+    result = subprocess.run(["apt-get", "download", f"{package}={version}"], cwd=DEB_CACHE,
                             capture_output=True, text=True, timeout=300, check=False)
     if result.returncode != 0 or not (DEB_CACHE / name).is_file():
-        raise RuntimeError(f"cannot fetch {name} for pristine fail2ban conffiles: {result.stderr.strip()}")
+        raise RuntimeError(f"cannot fetch {name} for pristine conffiles: {result.stderr.strip()}")
     return DEB_CACHE / name
 
 
-def _from_deb(paths: list[Path], dest: Path) -> None:
-    """Write the packaged versions of ``paths`` (under /etc/fail2ban) into ``dest``."""
-    wanted = {f"./{p.relative_to('/')}": dest / p.relative_to(ETC) for p in paths}
+def _from_deb(package: str, etc: Path, paths: list[Path], dest: Path) -> None:
+    """Write the packaged versions of ``paths`` (under ``etc``) into ``dest``."""
+    wanted = {f"./{p.relative_to('/')}": dest / p.relative_to(etc) for p in paths}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data.tar"
         with open(data, "wb") as out:
-            subprocess.run(["dpkg-deb", "--fsys-tarfile", str(package_deb())], stdout=out, check=True)
+            subprocess.run(["dpkg-deb", "--fsys-tarfile", str(package_deb(package))], stdout=out, check=True)
         with tarfile.open(data) as tar:
             for member in tar.getmembers():
                 target = wanted.get(member.name)
@@ -87,19 +88,25 @@ def _from_deb(paths: list[Path], dest: Path) -> None:
                     target.write_bytes(extracted.read())
 
 
-def copy_pristine(dest: Path) -> Path:
-    """Make ``dest`` a copy of /etc/fail2ban as the package ships it; returns ``dest``."""
+def copy_package_files(package: str, etc: Path, dest: Path) -> Path:
+    """Make ``dest`` a copy of ``etc`` as ``package`` ships it, without any file it does not own."""
     dest.mkdir(parents=True, exist_ok=True)
-    for sub in ("action.d", "filter.d", "jail.d", "fail2ban.d"):
-        (dest / sub).mkdir(exist_ok=True)
-    changed = set(changed_by_admin())
-    for path in owned_files():
+    changed = set(changed_by_admin(package, etc))
+    owned = owned_files(package, etc)
+    for path in owned:
         if path in changed or not path.is_file():
             continue
-        target = dest / path.relative_to(ETC)
+        target = dest / path.relative_to(etc)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
-    missing = sorted(changed | {p for p in owned_files() if not p.is_file()})
+    missing = sorted(changed | {p for p in owned if not p.is_file()})
     if missing:
-        _from_deb(missing, dest)
+        _from_deb(package, etc, missing, dest)
     return dest
+
+
+def copy_pristine(dest: Path) -> Path:
+    """Make ``dest`` a copy of /etc/fail2ban as the package ships it; returns ``dest``."""
+    for sub in ("action.d", "filter.d", "jail.d", "fail2ban.d"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    return copy_package_files("fail2ban", ETC, dest)

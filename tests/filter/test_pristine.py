@@ -22,6 +22,6 @@ def test_only_packaged_files_are_copied(f2b_confdir: Path, tmp_path: Path) -> No
 def test_an_edited_conffile_comes_from_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A conffile the admin changed is taken from fail2ban's .deb: its md5 is dpkg's record again."""
     jail_conf = pristine.ETC / "jail.conf"
-    monkeypatch.setattr(pristine, "changed_by_admin", lambda: [jail_conf])
+    monkeypatch.setattr(pristine, "changed_by_admin", lambda *_: [jail_conf])
     copy = pristine.copy_pristine(tmp_path / "conf")
     assert hashlib.md5((copy / "jail.conf").read_bytes()).hexdigest() == pristine.conffile_sums()[jail_conf]
