@@ -16,14 +16,17 @@ and from this repository's crowdsec/ pack.  The grok patterns are Debian's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab import REPO_ROOT, Lab, kill_pid, wait_until
+from lab import REPO_ROOT, SYSTEM_PYTHON, VICTIM4, Lab, SensorProcess, kill_pid, wait_until, world_readable_dir
 from pristine import copy_package_files
 
 PACK = REPO_ROOT / "crowdsec"
@@ -197,3 +200,73 @@ decisions:
 on_success: break
 """
 
+
+
+# --------------------------------------------------------------------------
+# A two-server fleet (tests/e2e/test_crowdsec.py, bench/crowdsec_fleet.py).
+
+HOST_B4, HOST_B6 = "192.0.2.3", "2001:db8::3"
+SERVICE_PORT = 8000
+FLEET_SENSOR_CONF = """\
+TCP_MODE="atcp"
+UDP_MODE="off"
+SCAN_TRIGGER="0"
+LOG_TARGET="journal"
+"""
+CONNECT = """
+import socket, sys
+s = socket.socket(); s.settimeout(float(sys.argv[3]))
+try:
+    s.connect((sys.argv[1], int(sys.argv[2]))); sys.exit(0)
+except OSError:
+    sys.exit(1)
+"""
+
+
+@dataclass
+class Fleet:
+    """Host A (the lab's victim: LAPI, agent, sensor, bouncer) and host B (agent, sensor, bouncer)."""
+
+    lab: Lab
+    a: CrowdSecHost
+    b: CrowdSecHost
+    host_b: str
+    sensor_a: SensorProcess
+    sensor_b: SensorProcess
+
+    def connects(self, ns: str, address: str = HOST_B4, port: int = SERVICE_PORT, timeout: float = 1.0) -> bool:
+        """A TCP connection from ``ns`` completes within ``timeout``."""
+        args = [SYSTEM_PYTHON, "-c", CONNECT, address, str(port), str(timeout)]
+        return self.lab.run_in(ns, args, timeout=timeout + 10).returncode == 0
+
+
+def journal_match(user: tuple[str, int, int], sensor: SensorProcess) -> list[str]:
+    """What one host's acquisition trusts in the lab's shared journal: the sensor's _UID and _PID,
+    both set by journald (on a real server: _SYSTEMD_UNIT=portsentry-sensor.service)."""
+    return [f"_UID={user[1]}", f"_PID={sensor.pid}"]
+
+
+@contextlib.contextmanager
+def fleet(lab: Lab, sensor_user: tuple[str, int, int]) -> Iterator[Fleet]:
+    """Start the two hosts in ``lab`` (B is a macvlan namespace ``<prefix>-b`` on the lab's link)."""
+    host_b = lab.add_attacker("b", HOST_B4, HOST_B6)
+    sensor_a = SensorProcess(lab, FLEET_SENSOR_CONF, user=sensor_user).start()
+    sensor_b = SensorProcess(lab, FLEET_SENSOR_CONF, user=sensor_user, ns=host_b).start()
+    work = world_readable_dir("portsentry-crowdsec-")
+    a = CrowdSecHost(lab, lab.victim, work / "a", VICTIM4, journal_match(sensor_user, sensor_a))
+    b = CrowdSecHost(lab, host_b, work / "b", HOST_B4, journal_match(sensor_user, sensor_b), lapi=a)
+    try:
+        lab.serve_tcp(SERVICE_PORT, ns=host_b)
+        a.register(a)
+        a.register(b)
+        a.start()
+        b.start()
+        a.start_bouncer(a.add_bouncer("bouncer-a"))
+        b.start_bouncer(a.add_bouncer("bouncer-b"))
+        yield Fleet(lab, a, b, host_b, sensor_a, sensor_b)
+    finally:
+        b.stop()
+        a.stop()
+        sensor_b.close()
+        sensor_a.close()
+        shutil.rmtree(work, ignore_errors=True)

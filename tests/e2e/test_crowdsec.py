@@ -19,92 +19,27 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
-from lab import (
-    ATTACKER4,
-    SYSTEM_PYTHON,
-    VICTIM4,
-    Journal,
-    Lab,
-    SensorProcess,
-    wait_until,
-    world_readable_dir,
-)
+from lab import ATTACKER4, VICTIM4, Journal, Lab, SensorProcess, wait_until, world_readable_dir
 
-from crowdsec import PACK, CrowdSecHost
+from crowdsec import FLEET_SENSOR_CONF, HOST_B4, PACK, CrowdSecHost, Fleet, journal_match
+from crowdsec import fleet as start_fleet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
-HOST_B4, HOST_B6 = "192.0.2.3", "2001:db8::3"
 SCANNER4, SCANNER6 = "192.0.2.4", "2001:db8::4"
 OTHER4, OTHER6 = "192.0.2.5", "2001:db8::5"
 FORGED = "198.51.100.66"
-SERVICE_PORT = 8000
-SENSOR_CONF = """\
-TCP_MODE="atcp"
-UDP_MODE="off"
-SCAN_TRIGGER="0"
-LOG_TARGET="journal"
-"""
-
-CONNECT = """
-import socket, sys
-s = socket.socket(); s.settimeout(1.0)
-try:
-    s.connect((sys.argv[1], int(sys.argv[2]))); sys.exit(0)
-except OSError:
-    sys.exit(1)
-"""
-
-
-@dataclass
-class Fleet:
-    lab: Lab
-    a: CrowdSecHost
-    b: CrowdSecHost
-    host_b: str
-    sensor_a: SensorProcess
-    sensor_b: SensorProcess
-
-
-def journal_match(user: tuple[str, int, int], sensor: SensorProcess) -> list[str]:
-    """What this host's acquisition trusts (see the module docstring)."""
-    return [f"_UID={user[1]}", f"_PID={sensor.pid}"]
-
-
-def connects(lab: Lab, ns: str, address: str, port: int) -> bool:
-    """A TCP connection from ``ns`` completes within 1 s."""
-    return lab.run_in(ns, [SYSTEM_PYTHON, "-c", CONNECT, address, str(port)], timeout=10).returncode == 0
 
 
 @pytest.fixture(scope="module")
 def fleet(journald: Journal, sensor_user: tuple[str, int, int]) -> Iterator[Fleet]:
     with Lab("pscs") as lab:
-        host_b = lab.add_attacker("b", HOST_B4, HOST_B6)
         lab.add_attacker("s", SCANNER4, SCANNER6)
         lab.add_attacker("o", OTHER4, OTHER6)
-        sensor_a = SensorProcess(lab, SENSOR_CONF, user=sensor_user).start()
-        sensor_b = SensorProcess(lab, SENSOR_CONF, user=sensor_user, ns=host_b).start()
-        lab.serve_tcp(SERVICE_PORT, ns=host_b)
-        work = world_readable_dir("portsentry-crowdsec-")
-        a = CrowdSecHost(lab, lab.victim, work / "a", VICTIM4, journal_match(sensor_user, sensor_a))
-        b = CrowdSecHost(lab, host_b, work / "b", HOST_B4, journal_match(sensor_user, sensor_b), lapi=a)
-        try:
-            a.register(a)
-            a.register(b)
-            a.start()
-            b.start()
-            a.start_bouncer(a.add_bouncer("bouncer-a"))
-            b.start_bouncer(a.add_bouncer("bouncer-b"))
-            yield Fleet(lab, a, b, host_b, sensor_a, sensor_b)
-        finally:
-            b.stop()
-            a.stop()
-            sensor_b.close()
-            sensor_a.close()
-            shutil.rmtree(work, ignore_errors=True)
+        with start_fleet(lab, sensor_user) as started:
+            yield started
 
 
 def test_both_agents_pass_crowdsecs_config_test(fleet: Fleet) -> None:
@@ -118,23 +53,23 @@ def test_both_agents_pass_crowdsecs_config_test(fleet: Fleet) -> None:
 
 def test_a_scan_of_a_blocks_the_scanner_on_b_and_one_delete_lifts_it(fleet: Fleet) -> None:
     lab = fleet.lab
-    assert connects(lab, "pscs-s", HOST_B4, SERVICE_PORT), "B's service is unreachable before any scan"
+    assert fleet.connects("pscs-s"), "B's service is unreachable before any scan"
     start = time.monotonic()
     lab.nmap(["-sS", "-p", "20-30", "--max-retries", "0", VICTIM4], ns="pscs-s", timeout=60)
     assert wait_until(lambda: SCANNER4 in fleet.a.banned(), 15), \
         f"no decision on A's LAPI:\n{fleet.a.log_text()[-3000:]}"
     decision = fleet.a.banned()[SCANNER4]
     assert parse_hours(decision) <= 10 / 60, f"the first rung is 10 minutes, got {decision}"
-    assert wait_until(lambda: not connects(lab, "pscs-s", HOST_B4, SERVICE_PORT), 15, 0.2), \
+    assert wait_until(lambda: not fleet.connects("pscs-s"), 15, 0.2), \
         f"B still lets the scanner in:\n{fleet.b.bouncer_log()[-2000:]}"
     blocked_after = time.monotonic() - start
     assert SCANNER4 in lab.run_in(fleet.host_b, ["nft", "list", "set", "ip", "crowdsec",
                                                  "crowdsec-blacklists"]).stdout
-    assert connects(lab, "pscs-o", HOST_B4, SERVICE_PORT), "B blocks a host that never scanned"
+    assert fleet.connects("pscs-o"), "B blocks a host that never scanned"
     print(f"scan of A -> blocked on B after {blocked_after:.1f} s")
 
     fleet.a.cscli("decisions", "delete", "--ip", SCANNER4)
-    assert wait_until(lambda: connects(lab, "pscs-s", HOST_B4, SERVICE_PORT), 15, 0.2), \
+    assert wait_until(lambda: fleet.connects("pscs-s"), 15, 0.2), \
         "B still blocks the scanner after cscli decisions delete on A"
 
 
@@ -169,7 +104,7 @@ def test_the_ladder_profile_escalates(journald: Journal, sensor_user: tuple[str,
     in a row each raise an alert; the profile is the shipped one.
     """
     with Lab("pscl") as lab:
-        sensor = SensorProcess(lab, SENSOR_CONF.replace('SCAN_TRIGGER="0"', 'SCAN_TRIGGER="0"\nSCAN_WINDOW="1"'),
+        sensor = SensorProcess(lab, FLEET_SENSOR_CONF.replace('SCAN_TRIGGER="0"', 'SCAN_TRIGGER="0"\nSCAN_WINDOW="1"'),
                                user=sensor_user).start()
         work = world_readable_dir("portsentry-crowdsec-")
         host = CrowdSecHost(lab, lab.victim, work, VICTIM4, journal_match(sensor_user, sensor))
