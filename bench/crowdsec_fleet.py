@@ -24,9 +24,10 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(BENCH), str(REPO / "tests" / "e2e"), str(REPO / "tests"), str(REPO)]
 
-from crowdsec import fleet  # noqa: E402
 from lab import VICTIM4, Journal, Lab, ensure_user, wait_until  # noqa: E402
 from report import git_head, machine  # noqa: E402
+
+from crowdsec import fleet  # noqa: E402
 
 
 def one_round(started: object, lab: Lab, index: int) -> float:
