@@ -54,7 +54,7 @@ ICMP_ECHO = REPO_ROOT / "tools" / "icmp-echo"
 # (tests/test_commands.py checks this list against the sources and against dpkg).
 TOOLS = ("ip", "nmap", "setpriv", "journalctl", "ss", "fail2ban-server", "fail2ban-client", "fail2ban-regex",
          "nft", "iptables", "ip6tables", "iptables-save", "ip6tables-save", "logger", "curl", "unshare",
-         "useradd", "cat", "rm")
+         "useradd", "cat", "rm", "crowdsec", "cscli", "crowdsec-firewall-bouncer")
 
 VICTIM4, VICTIM6 = "192.0.2.1", "2001:db8::1"
 ATTACKER4, ATTACKER6 = "192.0.2.2", "2001:db8::2"
@@ -524,14 +524,15 @@ class NotifySocket:
 
 
 class SensorProcess:
-    """``python3 -m sensor run`` in the victim namespace as the sensor user."""
+    """``python3 -m sensor run`` in the victim namespace (or ``ns``) as the sensor user."""
 
     READY_TIMEOUT = 20.0
 
     def __init__(self, lab: Lab, conf_text: str, ignore_text: str = "",
                  user: tuple[str, int, int] | None = None, tmp_path: Path | None = None,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), ns: str | None = None) -> None:
         self.lab = lab
+        self.ns = ns or lab.victim
         self.user = user or ensure_user()
         self.tmp_path = tmp_path
         self.extra_args = list(extra_args)
@@ -575,8 +576,8 @@ class SensorProcess:
         """Start the sensor; wait for READY=1 (fail with its stderr if it exits first)."""
         _, uid, gid = self.user
         with open(self.stderr_path, "wb") as err:
-            self.proc = self.lab.spawn_victim(self.command(), user=(uid, gid), env=self.env(),
-                                              cwd=str(REPO_ROOT), stdout=err, stderr=err)
+            self.proc = self.lab.spawn_in(self.ns, self.command(), user=(uid, gid), env=self.env(),
+                                          cwd=str(REPO_ROOT), stdout=err, stderr=err)
         if wait_ready:
             self.wait_ready()
         return self
