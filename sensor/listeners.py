@@ -9,10 +9,26 @@ families fail alike); the caller decides whether what is left is enough.
 Binding stops FD_RESERVE descriptors short of RLIMIT_NOFILE, so that accept(),
 the journal socket and the file watch still work under a low ``ulimit -n``
 (getrlimit(2)); lowest ports are bound first, both families together.
+
+Nothing that arrives over the loopback interface is reported: it comes from
+this host, and a local user without privileges can give it any source address
+(a socket bound with IPV6_FREEBIND and sent to ``::1`` or to one of the host's
+own addresses, which the kernel routes over ``lo`` too; a TCP handshake also
+completes from an address the kernel delivers locally, such as a router's
+subnet anycast address).  The interface is checked, not the destination
+address: IP_PKTINFO/IPV6_PKTINFO name the interface of the destination address
+(eth0) for a datagram that came over ``lo``.  UDP sockets carry a classic BPF
+filter that drops datagrams from ``lo`` in the kernel (``SKF_AD_IFINDEX``, the
+device the packet came in on); TCP listeners keep each SYN with its link-layer
+header (``TCP_SAVE_SYN`` = 2, Linux 5.10, tcp(7)) and a connection whose SYN
+carries the loopback device's all-zero addresses is served but not reported.
+A connection without a saved SYN (SYN cookies) proves nothing and is not
+reported either.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import errno
@@ -20,12 +36,19 @@ import ipaddress
 import os
 import resource
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sensor import bpf
 from sensor.detector import Probe
 
 IP_PKTINFO = 8  # linux/in.h; not exported by Python's socket module
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+TCP_SAVE_SYN, TCP_SAVED_SYN = 27, 28  # linux/tcp.h
+SAVE_SYN_WITH_LINK_HEADER = 2  # the saved SYN starts with its link-layer (MAC) header
+LOOPBACK_IFINDEX = 1  # linux/netdevice.h: "lo" in every network namespace
+ETHER_HEADER = 14
 FAMILIES = ((socket.AF_INET, "0.0.0.0", "IPv4"), (socket.AF_INET6, "::", "IPv6"))
 
 FD_RESERVE = 20  # descriptors left free: accept(), journal, syslog, inotify, raw capture, resolver
@@ -92,7 +115,42 @@ def merge_families(failures: list[BindFailure]) -> list[BindFailure]:
     return sorted(merged.values(), key=lambda f: (f.port, f.proto, f.family))
 
 
-def _bind(family: int, kind: int, host: str, port: int) -> socket.socket:
+def loopback_ifindex() -> int:
+    """The interface index of ``lo`` (1 unless this kernel says otherwise)."""
+    try:
+        return socket.if_nametoindex("lo")
+    except OSError:
+        return LOOPBACK_IFINDEX
+
+
+def loopback_filter(ifindex: int) -> list[bpf.Insn]:
+    """A socket filter: drop what came in on interface ``ifindex``, keep the rest whole."""
+    return [bpf.Insn(bpf.LD | bpf.W | bpf.ABS, k=bpf.ANCILLARY_IFINDEX),
+            bpf.Insn(bpf.JMP | bpf.JEQ | bpf.K, 0, 1, ifindex),
+            bpf.Insn(bpf.RET | bpf.K, k=0),
+            bpf.Insn(bpf.RET | bpf.K, k=0xFFFFFFFF)]
+
+
+def attach_filter(sock: socket.socket, program: list[bpf.Insn]) -> None:
+    """SO_ATTACH_FILTER: struct sock_fprog {u16 len; struct sock_filter *filter}."""
+    buffer = array.array("B", bpf.encode(program))  # alive until setsockopt has copied it
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HL", len(program), buffer.buffer_info()[0]))
+
+
+def syn_from_loopback(saved_syn: bytes) -> bool:
+    """Whether a SYN saved with TCP_SAVE_SYN=2 may have come in over ``lo``.
+
+    ``lo``'s link-layer header has all-zero addresses; a frame from a real
+    Ethernet-like interface carries this host's own (never zero) address, and an
+    IP-only interface (tun, WireGuard) has no link-layer header, so the saved bytes
+    start with the IP version.  No saved SYN at all (SYN cookies) proves nothing: True.
+    """
+    if len(saved_syn) < ETHER_HEADER + 20:
+        return True
+    return saved_syn[:12] == bytes(12)
+
+
+def _bind(family: int, kind: int, host: str, port: int, drop_loopback: bool = True) -> socket.socket:
     sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -103,6 +161,17 @@ def _bind(family: int, kind: int, host: str, port: int) -> socket.socket:
                 sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
             else:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            if drop_loopback:
+                try:
+                    attach_filter(sock, loopback_filter(loopback_ifindex()))
+                except OSError as exc:
+                    raise OSError(exc.errno, f"cannot attach the loopback filter: {exc.strerror}") from None
+        elif drop_loopback:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_SAVE_SYN, SAVE_SYN_WITH_LINK_HEADER)
+            except OSError as exc:
+                raise OSError(exc.errno, "this kernel cannot tell loopback connections apart "
+                                         "(TCP_SAVE_SYN=2 needs Linux 5.10)") from None
         sock.bind((host, port))
         if kind == socket.SOCK_STREAM:
             sock.listen(64)
@@ -114,10 +183,19 @@ def _bind(family: int, kind: int, host: str, port: int) -> socket.socket:
 
 
 class _TcpTripwire(asyncio.Protocol):
-    """Reports a completed connection, optionally sends the banner, hangs up."""
+    """Reports a completed connection (not one over ``lo``), optionally sends the banner, hangs up."""
 
-    def __init__(self, port: int, banner: bytes, on_probe: OnProbe) -> None:
+    def __init__(self, port: int, banner: bytes, on_probe: OnProbe, drop_loopback: bool = True) -> None:
         self.port, self.banner, self.on_probe = port, banner, on_probe
+        self.drop_loopback = drop_loopback
+
+    def _from_loopback(self, transport: asyncio.Transport) -> bool:
+        sock = transport.get_extra_info("socket")
+        try:
+            saved = sock.getsockopt(socket.IPPROTO_TCP, TCP_SAVED_SYN, 512)
+        except (OSError, AttributeError):
+            saved = b""
+        return syn_from_loopback(saved)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -127,27 +205,37 @@ class _TcpTripwire(asyncio.Protocol):
         except (TypeError, ValueError, IndexError):
             transport.abort()
             return
+        local = self.drop_loopback and self._from_loopback(transport)
         if self.banner:
             transport.write(self.banner)
         transport.close()
-        self.on_probe(Probe(src, dst, "tcp", self.port, "connect", "tcp", True))
+        if not local:
+            self.on_probe(Probe(src, dst, "tcp", self.port, "connect", "tcp", True))
+
+
+def udp_arrival(ancillary: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:
+    """(destination address, interface index) from IP_PKTINFO / IPV6_PKTINFO data."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            return socket.inet_ntop(socket.AF_INET, data[8:12]), struct.unpack("=i", data[:4])[0]
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
+            return _plain(socket.inet_ntop(socket.AF_INET6, data[:16])), struct.unpack("=i", data[16:20])[0]
+    return None
 
 
 def udp_destination(ancillary: list[tuple[int, int, bytes]]) -> str | None:
     """The datagram's destination address from IP_PKTINFO / IPV6_PKTINFO data."""
-    for level, kind, data in ancillary:
-        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
-            return socket.inet_ntop(socket.AF_INET, data[8:12])
-        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
-            return _plain(socket.inet_ntop(socket.AF_INET6, data[:16]))
-    return None
+    arrival = udp_arrival(ancillary)
+    return arrival[0] if arrival else None
 
 
 class BoundListeners:
     """The set of bound tripwire sockets; :meth:`apply` moves it to a new plan."""
 
-    def __init__(self, on_probe: OnProbe, banner: str = "") -> None:
+    def __init__(self, on_probe: OnProbe, banner: str = "", drop_loopback: bool = True) -> None:
         self.on_probe = on_probe
+        self.drop_loopback = drop_loopback  # False only in tests that need loopback traffic reported
+        self.loopback = loopback_ifindex()
         self.banner = banner.encode("utf-8", "replace")
         self.open: dict[tuple[str, int, int], socket.socket] = {}
         self.servers: dict[tuple[str, int, int], asyncio.AbstractServer] = {}
@@ -185,13 +273,13 @@ class BoundListeners:
         host, name = next((h, n) for f, h, n in FAMILIES if f == family)
         kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
         try:
-            sock = _bind(family, kind, host, port)
+            sock = _bind(family, kind, host, port, self.drop_loopback)
         except OSError as exc:
             return BindFailure(proto, port, name, _reason(exc))
         loop = asyncio.get_running_loop()
         if proto == "tcp":
             server = await loop.create_server(
-                lambda: _TcpTripwire(port, self.banner, self.on_probe), sock=sock)
+                lambda: _TcpTripwire(port, self.banner, self.on_probe, self.drop_loopback), sock=sock)
             self.servers[(proto, family, port)] = server
         else:
             loop.add_reader(sock.fileno(), self._udp_ready, sock, port)
@@ -206,13 +294,14 @@ class BoundListeners:
                 return
             except OSError:
                 return
-            dst = udp_destination(ancillary)
+            arrival = udp_arrival(ancillary)
             try:
                 src = _plain(peer[0])
             except (ValueError, IndexError, TypeError):
                 continue
-            if dst is not None:
-                self.on_probe(Probe(src, dst, "udp", port, "udp", "udp", False))
+            if arrival is None or (self.drop_loopback and arrival[1] == self.loopback):
+                continue  # the kernel filter already drops what comes over lo: this is a second guard
+            self.on_probe(Probe(src, arrival[0], "udp", port, "udp", "udp", False))
             del data
 
     def _close(self, key: tuple[str, int, int]) -> None:
