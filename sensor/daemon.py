@@ -47,17 +47,24 @@ class Loaded:
     config: Config
     ignore: IgnoreList
     configured: tuple[Network, ...] = ()
+    local: tuple[Network, ...] = ()   # this host's addresses the ignore list was built with
 
-    def with_local(self, local: Iterable[Network]) -> Loaded:
-        """The same configuration with this host's current addresses in the ignore list."""
-        return Loaded(self.config, IgnoreList.build(self.configured, local), self.configured)
+    def with_local(self, local: tuple[Network, ...]) -> Loaded:
+        """The same configuration with this host's current addresses in the ignore list.
+
+        The list is rebuilt only when those addresses changed (not on every PLAN_REFRESH).
+        """
+        if local == self.local:
+            return self
+        return Loaded(self.config, IgnoreList.build(self.configured, local), self.configured, local)
 
 
 def load_all(path: str, defaults: Iterable[str] | None, proc: str = "/proc") -> Loaded:
     """Load config and ignore file; raises ConfigError or IgnoreFileError."""
     config = load_config(path, defaults)
     configured = read_ignore_file(config.ignore_file) if config.ignore_file else ()
-    return Loaded(config, IgnoreList.build(configured, local_networks(proc)), configured)
+    local = local_networks(proc)
+    return Loaded(config, IgnoreList.build(configured, local), configured, local)
 
 
 def detector_settings(config: Config) -> DetectorSettings:
@@ -250,9 +257,10 @@ class Sensor:
         except IgnoreFileError as exc:
             self.admin(f"ignore file not reloaded, keeping the previous list: {exc}", PRIORITY_ERR)
             return
-        ignore = IgnoreList.build(configured, local_networks(self.proc))
+        local = local_networks(self.proc)
+        ignore = IgnoreList.build(configured, local)
         if ignore != self.loaded.ignore:
-            self.loaded = Loaded(config, ignore, configured)
+            self.loaded = Loaded(config, ignore, configured, local)
             self.admin(f"ignore list reloaded from {config.ignore_file}: {len(configured)} entries")
 
     def _watch_ignore_file(self) -> None:
@@ -288,7 +296,7 @@ class Sensor:
         """Follow real services starting and stopping, and this host's addresses changing."""
         local = local_networks(self.proc)
         moved = self.loaded.with_local(local)
-        if moved.ignore != self.loaded.ignore:
+        if moved is not self.loaded:
             self.loaded = moved
             if self.capture is not None:
                 self.capture.set_local(str(n.network_address) for n in local)

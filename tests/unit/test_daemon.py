@@ -105,6 +105,44 @@ def test_new_host_address_joins_the_ignore_list(tmp_path: Path) -> None:
     assert "203.0.113.50" in sensor.loaded.ignore
 
 
+def test_ignore_list_is_rebuilt_only_when_host_addresses_change(tmp_path: Path) -> None:
+    """Regression (issue 12, item 7): every PLAN_REFRESH rebuilt the whole ignore list (1.8 s for 5,000
+    entries); now only a change of this host's addresses (or of the file) rebuilds it."""
+    import pytest as _pytest
+
+    from sensor import daemon
+
+    proc = tmp_path / "proc"
+    (proc / "net").mkdir(parents=True)
+    (proc / "net" / "fib_trie").write_text("")
+    (proc / "net" / "if_inet6").write_text("")
+    for name in ("tcp", "tcp6", "udp", "udp6"):
+        (proc / "net" / name).write_text("header\n")
+    (tmp_path / "ignore").write_text("198.51.100.0/24\n")
+    sensor = Sensor(str(conf(tmp_path, str(free_port()))), defaults=[], proc=str(proc))
+    builds: list[int] = []
+    real_build = daemon.IgnoreList.build
+
+    def counting_build(*args: object, **kw: object) -> object:
+        builds.append(1)
+        return real_build(*args, **kw)  # type: ignore[arg-type]
+
+    mp = _pytest.MonkeyPatch()
+    mp.setattr(daemon.IgnoreList, "build", counting_build)
+    try:
+        for _ in range(5):
+            asyncio.run(sensor.refresh_plan())
+        unchanged = len(builds)
+        (proc / "net" / "fib_trie").write_text("Local:\n     |-- 203.0.113.50\n        /32 host LOCAL\n")
+        asyncio.run(sensor.refresh_plan())
+        asyncio.run(sensor.refresh_plan())
+    finally:
+        mp.undo()
+    assert unchanged == 0
+    assert len(builds) == 1
+    assert "203.0.113.50" in sensor.loaded.ignore and "198.51.100.9" in sensor.loaded.ignore
+
+
 def test_resolve_host_adds_the_escaped_name_last(tmp_path: Path, monkeypatch: object) -> None:
     """RESOLVE_HOST=1: the reverse-DNS name (attacker-controlled) comes last, made inert."""
     import pytest as _pytest
