@@ -28,7 +28,7 @@ from sensor.alert import PRIORITY_ERR, PRIORITY_NOTICE, PRIORITY_WARNING, Alert,
 from sensor.config import Config, ConfigError, load_config
 from sensor.detector import Detector, DetectorSettings, Probe
 from sensor.ignore import IgnoreFileError, IgnoreList, Network, local_addresses, local_networks, read_ignore_file
-from sensor.listeners import BoundListeners
+from sensor.listeners import BoundListeners, failure_lines, limit_summary
 from sensor.portplan import PortPlan, build_plan, read_listening
 from sensor.sinks import Emitter, sinks_for
 
@@ -164,16 +164,26 @@ class Sensor:
             tcp, udp = (tuple(sorted(set(self.listeners.watched(proto)) | {p for q, p in self.unbound if q == proto}))
                         for proto in ("tcp", "udp"))
         failures = await self.listeners.apply(tcp, udp, self.loaded.config.port_banner)
-        for failure in failures:
-            if not quiet_repeats or (failure.proto, failure.port) not in self.unbound:
-                self.admin(f"warning: {failure}", PRIORITY_WARNING)
+        others = [f for f in failures if not f.limit]
+        fresh = [f for f in others if not quiet_repeats or (f.proto, f.port) not in self.unbound]
+        for line in failure_lines(fresh):
+            self.admin(f"warning: {line}", PRIORITY_WARNING)
+        limited = [f for f in failures if f.limit]
+        if limited:  # one line for all of them, and never retried before the next reload
+            left_out: dict[str, list[int]] = {}
+            for failure in limited:
+                left_out.setdefault(failure.proto, []).append(failure.port)
+            missing = sum(len(f.family.split(", ")) for f in limited)
+            self.admin("warning: " + limit_summary(left_out, missing, self.listeners.limit or 0,
+                                                   len(self.listeners.open)), PRIORITY_WARNING)
+        watched = {proto: set(self.listeners.watched(proto)) for proto in ("tcp", "udp")}
         for proto, port in sorted(self.unbound):
-            if port in self.listeners.watched(proto):
+            if port in watched[proto]:
                 self.admin(f"{proto.upper()} port {port} is free now and watched")
         # Retry later only ports no service listens on (a TIME_WAIT left by PortSentry, say):
         # a real service's port is never taken over while that service restarts.
         listening = {"tcp": read_listening("tcp", self.proc), "udp": read_listening("udp", self.proc)}
-        self.unbound = {(f.proto, f.port) for f in failures if f.port not in listening[f.proto]}
+        self.unbound = {(f.proto, f.port) for f in others if f.port not in listening[f.proto]}
 
     def _apply_capture(self) -> None:
         wants_raw = bool(self.plan.tcp_raw or self.plan.udp_raw)

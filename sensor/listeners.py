@@ -8,7 +8,10 @@ A port that cannot be bound is skipped and reported (once per port when both
 families fail alike); the caller decides whether what is left is enough.
 Binding stops FD_RESERVE descriptors short of RLIMIT_NOFILE, so that accept(),
 the journal socket and the file watch still work under a low ``ulimit -n``
-(getrlimit(2)); lowest ports are bound first, both families together.
+(getrlimit(2)); lowest ports are bound first, both families together
+(:func:`allocate` computes the same split in advance, for ``check``).  What the
+limit leaves out is marked (``BindFailure.limit``) so that it is reported in one
+line (:func:`limit_summary`) and not retried until the next reload.
 
 Nothing that arrives over the loopback interface is reported: it comes from
 this host, and a local user without privileges can give it any source address
@@ -37,11 +40,12 @@ import os
 import resource
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sensor import bpf
 from sensor.detector import Probe
+from sensor.portspec import format_ports
 
 IP_PKTINFO = 8  # linux/in.h; not exported by Python's socket module
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
@@ -58,12 +62,13 @@ OnProbe = Callable[[Probe], None]
 
 @dataclass(frozen=True)
 class BindFailure:
-    """A port the sensor could not bind, and why."""
+    """A port the sensor could not bind, and why (``limit``: the file-descriptor limit)."""
 
     proto: str
     port: int
     family: str
     reason: str
+    limit: bool = False
 
     def __str__(self) -> str:
         return f"{self.proto.upper()} port {self.port} ({self.family}) not watched: {self.reason}"
@@ -92,9 +97,15 @@ def _plain(address: str) -> str:
     return str(ip)
 
 
-def fd_budget(reserve: int = FD_RESERVE, fd_dir: str = "/proc/self/fd") -> tuple[int, int] | None:
-    """(sockets that may still be opened, soft RLIMIT_NOFILE); None if unlimited or unknown."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+def fd_budget(reserve: int = FD_RESERVE, fd_dir: str = "/proc/self/fd",
+              hard: bool = False) -> tuple[int, int] | None:
+    """(sockets that may still be opened, soft RLIMIT_NOFILE); None if unlimited or unknown.
+
+    ``hard``: use the hard limit, which ``run`` raises the soft one to (for ``check``).
+    """
+    soft, hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard:
+        soft = hard_limit
     if soft == resource.RLIM_INFINITY:
         return None
     try:
@@ -111,8 +122,57 @@ def merge_families(failures: list[BindFailure]) -> list[BindFailure]:
         key = (failure.proto, failure.port, failure.reason)
         seen = merged.get(key)
         merged[key] = failure if seen is None else BindFailure(
-            failure.proto, failure.port, f"{seen.family}, {failure.family}", failure.reason)
+            failure.proto, failure.port, f"{seen.family}, {failure.family}", failure.reason, failure.limit)
     return sorted(merged.values(), key=lambda f: (f.port, f.proto, f.family))
+
+
+PER_PORT_LINES = 10  # more failures than this for one reason and protocol: one line for all of them
+
+
+def failure_lines(failures: list[BindFailure]) -> list[str]:
+    """Warning texts: one per port, or one per reason and protocol when there are many ports."""
+    groups: dict[tuple[str, str], list[BindFailure]] = {}
+    for failure in failures:
+        groups.setdefault((failure.proto, failure.reason), []).append(failure)
+    lines: list[str] = []
+    for (proto, reason), group in groups.items():
+        if len(group) <= PER_PORT_LINES:
+            lines += [str(f) for f in group]
+            continue
+        families = ", ".join(name for _, _, name in FAMILIES if any(name in f.family for f in group))
+        lines.append(f"{proto.upper()} ports {format_ports([f.port for f in group])} ({families}) "
+                     f"not watched: {reason}")
+    return lines
+
+
+def _order(key: tuple[str, int, int]) -> tuple[int, str, int]:
+    return key[2], key[0], key[1]  # lowest port first, TCP before UDP, IPv4 before IPv6
+
+
+def allocate(tcp: Iterable[int], udp: Iterable[int], room: int | None) -> tuple[dict[str, list[int]], int]:
+    """Ports the descriptor limit leaves out when ``room`` sockets may be opened (None: no limit).
+
+    The same order as :meth:`BoundListeners.apply`; returns ({proto: ports with a family left
+    out}, sockets left out).
+    """
+    keys = sorted(((proto, int(fam), port) for proto, ports in (("tcp", tcp), ("udp", udp))
+                   for port in ports for fam, _, _ in FAMILIES), key=_order)
+    starved = keys[max(room, 0):] if room is not None else []
+    left_out: dict[str, list[int]] = {}
+    for proto, _fam, port in starved:
+        ports = left_out.setdefault(proto, [])
+        if not ports or ports[-1] != port:
+            ports.append(port)
+    return left_out, len(starved)
+
+
+def limit_summary(left_out: dict[str, list[int]], missing: int, soft: int, fitted: int) -> str:
+    """One line for everything the descriptor limit leaves out: which ports, why, what to raise."""
+    named = ", ".join(f"{proto.upper()} {'port' if len(ports) == 1 else 'ports'} {format_ports(ports)}"
+                      for proto, ports in sorted(left_out.items()) if ports)
+    return (f"{named} not watched: the file-descriptor limit (ulimit -n {soft}, {FD_RESERVE} kept free) "
+            f"allows {fitted} tripwire sockets, {missing} more are needed (one per port and family): "
+            f"raise LimitNOFILE= to at least {soft + missing}")
 
 
 def loopback_ifindex() -> int:
@@ -238,6 +298,7 @@ class BoundListeners:
         self.loopback = loopback_ifindex()
         self.banner = banner.encode("utf-8", "replace")
         self.open: dict[tuple[str, int, int], socket.socket] = {}
+        self.limit: int | None = None  # the soft RLIMIT_NOFILE at the last apply() (None: unlimited)
         self.servers: dict[tuple[str, int, int], asyncio.AbstractServer] = {}
 
     def watched(self, proto: str) -> list[int]:
@@ -256,12 +317,14 @@ class BoundListeners:
             self._close(key)
         failures: list[BindFailure] = []
         budget = fd_budget()
-        for key in sorted(wanted - set(self.open), key=lambda k: (k[2], k[0], k[1])):
+        self.limit = budget[1] if budget is not None else None
+        todo = sorted(wanted - set(self.open), key=_order)
+        for index, key in enumerate(todo):
             if budget is not None and budget[0] <= 0:
-                failures.append(BindFailure(key[0], key[2], _family_name(key[1]),
-                                            f"file-descriptor limit reached (ulimit -n {budget[1]}, "
-                                            f"{FD_RESERVE} kept free): raise LimitNOFILE="))
-                continue
+                reason = f"file-descriptor limit reached (ulimit -n {budget[1]}, {FD_RESERVE} kept free)"
+                failures += [BindFailure(proto, port, _family_name(fam), reason, True)
+                             for proto, fam, port in todo[index:]]
+                break
             failure = await self._open(*key)
             if failure:
                 failures.append(failure)
@@ -275,7 +338,7 @@ class BoundListeners:
         try:
             sock = _bind(family, kind, host, port, self.drop_loopback)
         except OSError as exc:
-            return BindFailure(proto, port, name, _reason(exc))
+            return BindFailure(proto, port, name, _reason(exc), exc.errno in (errno.EMFILE, errno.ENFILE))
         loop = asyncio.get_running_loop()
         if proto == "tcp":
             server = await loop.create_server(
