@@ -18,9 +18,10 @@ import resource
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sensor import sdnotify
@@ -34,6 +35,41 @@ from sensor.sinks import Emitter, sinks_for
 
 EXIT_CONFIG = 2
 EXIT_NOTHING_WATCHED = 1
+RESOLVE_TIMEOUT = 2.0   # seconds a reverse lookup may take before the alert goes out without a name
+SHUTDOWN_GRACE = 0.5    # seconds pending lookups get at shutdown
+MAX_LOOKUPS = 64        # lookups under way at once; beyond that, alerts go out without a name
+
+
+async def reverse_name(address: str) -> str:
+    """The reverse-DNS name of ``address``, looked up in a daemon thread.
+
+    A daemon thread, not the loop's executor: a lookup that hangs in the C library never
+    holds up the exit (asyncio.run and the interpreter join executor threads).  Whatever
+    the lookup raises (OSError, UnicodeDecodeError for a name that is not UTF-8, ...) is
+    raised here.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def settle(name: str, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(name)
+
+    def work() -> None:
+        name, error = "", None
+        try:
+            name = str(socket.gethostbyaddr(address)[0])
+        except BaseException as exc:  # handed over to the loop, never lost in this thread
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, name, error)
+
+    threading.Thread(target=work, name="portsentry-resolve", daemon=True).start()
+    return await future
 
 
 class StartupError(Exception):
@@ -110,6 +146,7 @@ class Sensor:
         self.reload_task: asyncio.Task[None] | None = None
         self.unbound: set[tuple[str, int]] = set()   # bound-mode ports to retry
         self.reload_again = False
+        self.lookups: set[asyncio.Task[None]] = set()  # RESOLVE_HOST lookups under way
 
     # --- events ------------------------------------------------------------
     def admin(self, text: str, priority: int = PRIORITY_NOTICE) -> None:
@@ -124,23 +161,41 @@ class Sensor:
         for alert in self.detector.observe(probe, time.monotonic()):
             self.emit_alert(alert)
 
-    def emit_alert(self, alert: Alert) -> None:
-        """Write one alert (resolving the source's name first if configured)."""
-        if self.loaded.config.resolve_host and not alert.hostname:
-            asyncio.get_running_loop().create_task(self._resolve_and_emit(alert))
+    def emit_alert(self, alert: Alert, resolve: bool = True) -> None:
+        """Write one alert (resolving the source's name first if configured and ``resolve``).
+
+        A name is a nicety, the alert is not: too many lookups at once, a failing lookup or
+        the shutdown write the alert without one.
+        """
+        if resolve and self.loaded.config.resolve_host and not alert.hostname \
+                and len(self.lookups) < MAX_LOOKUPS:
+            task = asyncio.get_running_loop().create_task(self._resolve_and_emit(alert))
+            self.lookups.add(task)
+            task.add_done_callback(self.lookups.discard)
             return
         message, fields = format_alert(alert)
         self.emitter.emit(message, fields)
 
     async def _resolve_and_emit(self, alert: Alert) -> None:
-        loop = asyncio.get_running_loop()
+        name = ""
         try:
-            name = (await asyncio.wait_for(loop.run_in_executor(None, socket.gethostbyaddr, alert.src),
-                                           timeout=2.0))[0]
-        except (TimeoutError, OSError):
+            name = await asyncio.wait_for(reverse_name(alert.src), timeout=RESOLVE_TIMEOUT)
+        except asyncio.CancelledError:  # shutdown: the alert still goes out, without its name
+            self.emit_alert(alert, resolve=False)
+            raise
+        except Exception:  # timeout, OSError, a name that is not UTF-8, ...: no name
             name = ""
-        message, fields = format_alert(Alert(**{**alert.__dict__, "hostname": name or ""}))
-        self.emitter.emit(message, fields)
+        self.emit_alert(replace(alert, hostname=name), resolve=False)
+
+    async def finish_lookups(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Give pending lookups ``grace`` seconds, then write their alerts without a name."""
+        pending = set(self.lookups)
+        if not pending:
+            return
+        _done, late = await asyncio.wait(pending, timeout=grace)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
     # --- plan ----------------------------------------------------------------
     def compute_plan(self) -> PortPlan:
@@ -347,19 +402,27 @@ class Sensor:
         await self.tick()
         sdnotify.send(sdnotify.stopping())
         stats = self.capture_stats()
+        self.stop_inputs()
+        await self.finish_lookups()  # alerts already under way go out first, in order
         self.shutdown()
         self.admin(f"stopped{stats}")
         return 0
 
-    def shutdown(self) -> None:
-        """Close sockets, stop threads, write what is still queued."""
+    def stop_inputs(self) -> None:
+        """Close sockets and stop the file watch: no new probe after this (idempotent)."""
         if self.observer is not None:
             self.observer.stop()
+            self.observer = None
         if self.capture is not None:
             self.capture.stop()
+            self.capture = None
         self.listeners.close()
+
+    def shutdown(self) -> None:
+        """Close sockets, stop threads, write what is still queued (closing summaries without a name)."""
+        self.stop_inputs()
         for alert in self.detector.flush(float("inf")):
-            self.emit_alert(alert)
+            self.emit_alert(alert, resolve=False)
         self.emitter.retry()
 
 
