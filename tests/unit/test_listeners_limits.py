@@ -172,3 +172,17 @@ def test_many_failures_for_one_reason_are_one_line() -> None:
     assert lines == [f"TCP ports 1-1023 (IPv4, IPv6) not watched: {denied}",
                      "UDP port 53 (IPv4) not watched: already in use by another program",
                      "UDP port 123 (IPv4) not watched: already in use by another program"]
+
+
+def test_allocate_fills_lowest_ports_first_both_protocols_and_families() -> None:
+    """The split `check` shows is the daemon's: by port, TCP before UDP, IPv4 before IPv6."""
+    from sensor.listeners import allocate, limit_summary
+
+    assert allocate((1, 2, 3), (2, 9), None) == ({}, 0)
+    left_out, missing = allocate((1, 2, 3), (2, 9), 5)   # 1/tcp x2, 2/tcp x2, 2/udp IPv4
+    assert left_out == {"udp": [2, 9], "tcp": [3]} and missing == 5
+    assert allocate((1,), (), -3) == ({"tcp": [1]}, 2)
+    line = limit_summary(left_out, missing, 64, 5)
+    assert line.startswith("TCP port 3, UDP ports 2,9 not watched: the file-descriptor limit (ulimit -n 64, ")
+    assert line.endswith("allows 5 tripwire sockets, 5 more are needed (one per port and family): "
+                         "raise LimitNOFILE= to at least 69")
