@@ -37,39 +37,62 @@ EXIT_CONFIG = 2
 EXIT_NOTHING_WATCHED = 1
 RESOLVE_TIMEOUT = 2.0   # seconds a reverse lookup may take before the alert goes out without a name
 SHUTDOWN_GRACE = 0.5    # seconds pending lookups get at shutdown
-MAX_LOOKUPS = 64        # lookups under way at once; beyond that, alerts go out without a name
+MAX_LOOKUPS = 16        # lookup threads at once (a hung one counts until it returns); beyond: no name
 
 
-async def reverse_name(address: str) -> str:
-    """The reverse-DNS name of ``address``, looked up in a daemon thread.
+class Resolver:
+    """Reverse-DNS lookups, each in a daemon thread, at most ``limit`` threads at a time.
 
-    A daemon thread, not the loop's executor: a lookup that hangs in the C library never
-    holds up the exit (asyncio.run and the interpreter join executor threads).  Whatever
-    the lookup raises (OSError, UnicodeDecodeError for a name that is not UTF-8, ...) is
-    raised here.
+    Daemon threads, not the loop's executor: a lookup that hangs in the C library never
+    holds up the exit (asyncio.run and the interpreter join executor threads), and the
+    thread count stays bounded even when lookups outlive their timeout.  Whatever the
+    lookup raises (OSError, UnicodeDecodeError for a name that is not UTF-8, ...) is
+    set on the future :meth:`start` returns.
     """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[str] = loop.create_future()
 
-    def settle(name: str, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(name)
+    def __init__(self, limit: int = MAX_LOOKUPS) -> None:
+        self.limit = limit
+        self.running = 0
+        self._lock = threading.Lock()
 
-    def work() -> None:
-        name, error = "", None
+    def busy(self) -> bool:
+        """True when ``limit`` lookups are still under way (the caller goes on without a name)."""
+        return self.running >= self.limit
+
+    def start(self, address: str) -> asyncio.Future[str]:
+        """Start looking up the reverse-DNS name of ``address``; the future has the name or the error."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+
+        def settle(name: str, error: BaseException | None) -> None:
+            if future.done():  # timed out or cancelled meanwhile
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(name)
+
+        def work() -> None:
+            name, error = "", None
+            try:
+                name = str(socket.gethostbyaddr(address)[0])
+            except BaseException as exc:  # handed over to the loop, never lost in this thread
+                error = exc
+            finally:
+                with self._lock:
+                    self.running -= 1
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                loop.call_soon_threadsafe(settle, name, error)
+
+        with self._lock:
+            self.running += 1
         try:
-            name = str(socket.gethostbyaddr(address)[0])
-        except BaseException as exc:  # handed over to the loop, never lost in this thread
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-            loop.call_soon_threadsafe(settle, name, error)
-
-    threading.Thread(target=work, name="portsentry-resolve", daemon=True).start()
-    return await future
+            threading.Thread(target=work, name="portsentry-resolve", daemon=True).start()
+        except BaseException as exc:
+            with self._lock:
+                self.running -= 1
+            future.set_exception(exc)
+        return future
 
 
 class StartupError(Exception):
@@ -147,6 +170,7 @@ class Sensor:
         self.unbound: set[tuple[str, int]] = set()   # bound-mode ports to retry
         self.reload_again = False
         self.lookups: set[asyncio.Task[None]] = set()  # RESOLVE_HOST lookups under way
+        self.resolver = Resolver()
 
     # --- events ------------------------------------------------------------
     def admin(self, text: str, priority: int = PRIORITY_NOTICE) -> None:
@@ -167,19 +191,19 @@ class Sensor:
         A name is a nicety, the alert is not: too many lookups at once, a failing lookup or
         the shutdown write the alert without one.
         """
-        if resolve and self.loaded.config.resolve_host and not alert.hostname \
-                and len(self.lookups) < MAX_LOOKUPS:
-            task = asyncio.get_running_loop().create_task(self._resolve_and_emit(alert))
+        if resolve and self.loaded.config.resolve_host and not alert.hostname and not self.resolver.busy():
+            lookup = self.resolver.start(alert.src)
+            task = asyncio.get_running_loop().create_task(self._resolve_and_emit(alert, lookup))
             self.lookups.add(task)
             task.add_done_callback(self.lookups.discard)
             return
         message, fields = format_alert(alert)
         self.emitter.emit(message, fields)
 
-    async def _resolve_and_emit(self, alert: Alert) -> None:
+    async def _resolve_and_emit(self, alert: Alert, lookup: asyncio.Future[str]) -> None:
         name = ""
         try:
-            name = await asyncio.wait_for(reverse_name(alert.src), timeout=RESOLVE_TIMEOUT)
+            name = await asyncio.wait_for(lookup, timeout=RESOLVE_TIMEOUT)
         except asyncio.CancelledError:  # shutdown: the alert still goes out, without its name
             self.emit_alert(alert, resolve=False)
             raise

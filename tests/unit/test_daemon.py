@@ -308,3 +308,45 @@ def test_shutdown_writes_pending_and_closing_alerts_while_a_lookup_hangs(tmp_pat
     assert all("host=" not in line for line in alerts)
     lines = stream.getvalue().splitlines()
     assert "stopped" in lines[-1], lines  # every alert before the closing status line
+
+
+def test_hung_lookups_are_bounded_and_every_alert_is_written(tmp_path: Path) -> None:
+    """20 alerts while every lookup hangs: at most MAX_LOOKUPS lookup threads, all 20 alerts written."""
+    import threading
+
+    import pytest as _pytest
+
+    from sensor import daemon
+    from sensor.alert import Alert
+
+    sensor, stream = _resolving_sensor(tmp_path)
+    release = threading.Event()
+    asked: list[str] = []
+
+    def hanging(address: str) -> tuple[str, list[str], list[str]]:
+        asked.append(address)
+        release.wait(10)
+        return "late.example", [], []
+
+    mp = _pytest.MonkeyPatch()
+    mp.setattr(socket, "gethostbyaddr", hanging)
+    mp.setattr(daemon, "RESOLVE_TIMEOUT", 0.2)
+
+    async def scenario() -> None:
+        for i in range(20):
+            sensor.emit_alert(Alert(f"198.51.100.{i + 1}", "192.0.2.1", "tcp", 1, "connect", "tcp", True, 1))
+        for _ in range(300):
+            if stream.getvalue().count("attackalert:") >= 20:
+                return
+            await asyncio.sleep(0.01)
+
+    try:
+        asyncio.run(scenario())
+        threads = sensor.resolver.running
+    finally:
+        release.set()
+        mp.undo()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 20 and all("host=" not in line for line in lines), lines
+    assert {line.split()[2] for line in lines} == {f"src=198.51.100.{i + 1}" for i in range(20)}
+    assert len(asked) == daemon.MAX_LOOKUPS and threads == daemon.MAX_LOOKUPS
