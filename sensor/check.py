@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from sensor.config import Config
 from sensor.daemon import load_all
+from sensor.listeners import allocate, fd_budget, limit_summary
 from sensor.portplan import PortPlan, Skip, build_plan, read_listening
 from sensor.portspec import format_ports
 
@@ -24,9 +25,17 @@ def _skips(skips: Iterable[Skip]) -> list[str]:
     return [f"    skipped {format_ports(ports)}: {reason}" for reason, ports in by_reason.items()]
 
 
-def render_plan(config: Config, plan: PortPlan, in_use: dict[str, set[int]]) -> list[str]:
-    """Human-readable plan, one protocol after the other."""
+def render_plan(config: Config, plan: PortPlan, in_use: dict[str, set[int]],
+                room: tuple[int, int] | None = None) -> list[str]:
+    """Human-readable plan, one protocol after the other.
+
+    ``room``: (sockets that may be opened, RLIMIT_NOFILE), as :func:`sensor.listeners.fd_budget`
+    gives it; bound ports beyond it are shown as not watched, in one line, as the daemon reports them.
+    """
     lines: list[str] = []
+    free = {proto: [p for p in (plan.tcp_bound if proto == "tcp" else plan.udp_bound) if p not in in_use[proto]]
+            for proto in ("tcp", "udp")}
+    left_out, missing = allocate(free["tcp"], free["udp"], room[0] if room else None)
     for proto, modes in (("tcp", config.tcp_modes), ("udp", config.udp_modes)):
         if not modes:
             lines.append(f"{proto.upper()}: off")
@@ -37,14 +46,18 @@ def render_plan(config: Config, plan: PortPlan, in_use: dict[str, set[int]]) -> 
             if mode == proto:
                 bound = plan.tcp_bound if proto == "tcp" else plan.udp_bound
                 busy = [p for p in bound if p in in_use[proto]]
-                free = [p for p in bound if p not in in_use[proto]]
-                lines.append(f"    watched {len(free)}: {format_ports(free) or '-'}")
+                starved = set(left_out.get(proto, ()))
+                watched = [p for p in free[proto] if p not in starved]
+                lines.append(f"    watched {len(watched)}: {format_ports(watched) or '-'}")
                 if busy:
                     lines.append(f"    skipped {format_ports(busy)}: already in use by another program")
             else:
                 raw = sorted(plan.raw_ports(proto))
                 lines.append(f"    watched {len(raw)}: {format_ports(raw) or '-'}")
                 lines += _skips(s for s in plan.skipped if s.proto == proto)
+    if missing and room is not None:
+        fitted = len(free["tcp"]) * 2 + len(free["udp"]) * 2 - missing
+        lines.append(f"bound modes: {limit_summary(left_out, missing, room[1], fitted)}")
     return lines
 
 
@@ -59,7 +72,8 @@ def check(path: str, defaults: Iterable[str] | None, quiet: bool = False) -> int
     in_use = {"tcp": read_listening("tcp"), "udp": read_listening("udp")}
     plan = build_plan(config, in_use["tcp"], in_use["udp"])
     print(f"{path}: OK")
-    for line in render_plan(config, plan, in_use):
+    # `run` lifts the soft descriptor limit to the hard one before binding: count with that.
+    for line in render_plan(config, plan, in_use, fd_budget(hard=True)):
         print(line)
     extra = len(loaded.ignore.networks)
     print(f"ignore list: {extra} entries (this host's addresses, loopback"

@@ -18,9 +18,10 @@ import resource
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sensor import sdnotify
@@ -28,12 +29,70 @@ from sensor.alert import PRIORITY_ERR, PRIORITY_NOTICE, PRIORITY_WARNING, Alert,
 from sensor.config import Config, ConfigError, load_config
 from sensor.detector import Detector, DetectorSettings, Probe
 from sensor.ignore import IgnoreFileError, IgnoreList, Network, local_addresses, local_networks, read_ignore_file
-from sensor.listeners import BoundListeners
+from sensor.listeners import BoundListeners, failure_lines, limit_summary
 from sensor.portplan import PortPlan, build_plan, read_listening
 from sensor.sinks import Emitter, sinks_for
 
 EXIT_CONFIG = 2
 EXIT_NOTHING_WATCHED = 1
+RESOLVE_TIMEOUT = 2.0   # seconds a reverse lookup may take before the alert goes out without a name
+SHUTDOWN_GRACE = 0.5    # seconds pending lookups get at shutdown
+MAX_LOOKUPS = 16        # lookup threads at once (a hung one counts until it returns); beyond: no name
+
+
+class Resolver:
+    """Reverse-DNS lookups, each in a daemon thread, at most ``limit`` threads at a time.
+
+    Daemon threads, not the loop's executor: a lookup that hangs in the C library never
+    holds up the exit (asyncio.run and the interpreter join executor threads), and the
+    thread count stays bounded even when lookups outlive their timeout.  Whatever the
+    lookup raises (OSError, UnicodeDecodeError for a name that is not UTF-8, ...) is
+    set on the future :meth:`start` returns.
+    """
+
+    def __init__(self, limit: int = MAX_LOOKUPS) -> None:
+        self.limit = limit
+        self.running = 0
+        self._lock = threading.Lock()
+
+    def busy(self) -> bool:
+        """True when ``limit`` lookups are still under way (the caller goes on without a name)."""
+        return self.running >= self.limit
+
+    def start(self, address: str) -> asyncio.Future[str]:
+        """Start looking up the reverse-DNS name of ``address``; the future has the name or the error."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+
+        def settle(name: str, error: BaseException | None) -> None:
+            if future.done():  # timed out or cancelled meanwhile
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(name)
+
+        def work() -> None:
+            name, error = "", None
+            try:
+                name = str(socket.gethostbyaddr(address)[0])
+            except BaseException as exc:  # handed over to the loop, never lost in this thread
+                error = exc
+            finally:
+                with self._lock:
+                    self.running -= 1
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                loop.call_soon_threadsafe(settle, name, error)
+
+        with self._lock:
+            self.running += 1
+        try:
+            threading.Thread(target=work, name="portsentry-resolve", daemon=True).start()
+        except BaseException as exc:
+            with self._lock:
+                self.running -= 1
+            future.set_exception(exc)
+        return future
 
 
 class StartupError(Exception):
@@ -47,17 +106,24 @@ class Loaded:
     config: Config
     ignore: IgnoreList
     configured: tuple[Network, ...] = ()
+    local: tuple[Network, ...] = ()   # this host's addresses the ignore list was built with
 
-    def with_local(self, local: Iterable[Network]) -> Loaded:
-        """The same configuration with this host's current addresses in the ignore list."""
-        return Loaded(self.config, IgnoreList.build(self.configured, local), self.configured)
+    def with_local(self, local: tuple[Network, ...]) -> Loaded:
+        """The same configuration with this host's current addresses in the ignore list.
+
+        The list is rebuilt only when those addresses changed (not on every PLAN_REFRESH).
+        """
+        if local == self.local:
+            return self
+        return Loaded(self.config, IgnoreList.build(self.configured, local), self.configured, local)
 
 
 def load_all(path: str, defaults: Iterable[str] | None, proc: str = "/proc") -> Loaded:
     """Load config and ignore file; raises ConfigError or IgnoreFileError."""
     config = load_config(path, defaults)
     configured = read_ignore_file(config.ignore_file) if config.ignore_file else ()
-    return Loaded(config, IgnoreList.build(configured, local_networks(proc)), configured)
+    local = local_networks(proc)
+    return Loaded(config, IgnoreList.build(configured, local), configured, local)
 
 
 def detector_settings(config: Config) -> DetectorSettings:
@@ -103,6 +169,8 @@ class Sensor:
         self.reload_task: asyncio.Task[None] | None = None
         self.unbound: set[tuple[str, int]] = set()   # bound-mode ports to retry
         self.reload_again = False
+        self.lookups: set[asyncio.Task[None]] = set()  # RESOLVE_HOST lookups under way
+        self.resolver = Resolver()
 
     # --- events ------------------------------------------------------------
     def admin(self, text: str, priority: int = PRIORITY_NOTICE) -> None:
@@ -117,23 +185,41 @@ class Sensor:
         for alert in self.detector.observe(probe, time.monotonic()):
             self.emit_alert(alert)
 
-    def emit_alert(self, alert: Alert) -> None:
-        """Write one alert (resolving the source's name first if configured)."""
-        if self.loaded.config.resolve_host and not alert.hostname:
-            asyncio.get_running_loop().create_task(self._resolve_and_emit(alert))
+    def emit_alert(self, alert: Alert, resolve: bool = True) -> None:
+        """Write one alert (resolving the source's name first if configured and ``resolve``).
+
+        A name is a nicety, the alert is not: too many lookups at once, a failing lookup or
+        the shutdown write the alert without one.
+        """
+        if resolve and self.loaded.config.resolve_host and not alert.hostname and not self.resolver.busy():
+            lookup = self.resolver.start(alert.src)
+            task = asyncio.get_running_loop().create_task(self._resolve_and_emit(alert, lookup))
+            self.lookups.add(task)
+            task.add_done_callback(self.lookups.discard)
             return
         message, fields = format_alert(alert)
         self.emitter.emit(message, fields)
 
-    async def _resolve_and_emit(self, alert: Alert) -> None:
-        loop = asyncio.get_running_loop()
+    async def _resolve_and_emit(self, alert: Alert, lookup: asyncio.Future[str]) -> None:
+        name = ""
         try:
-            name = (await asyncio.wait_for(loop.run_in_executor(None, socket.gethostbyaddr, alert.src),
-                                           timeout=2.0))[0]
-        except (TimeoutError, OSError):
+            name = await asyncio.wait_for(lookup, timeout=RESOLVE_TIMEOUT)
+        except asyncio.CancelledError:  # shutdown: the alert still goes out, without its name
+            self.emit_alert(alert, resolve=False)
+            raise
+        except Exception:  # timeout, OSError, a name that is not UTF-8, ...: no name
             name = ""
-        message, fields = format_alert(Alert(**{**alert.__dict__, "hostname": name or ""}))
-        self.emitter.emit(message, fields)
+        self.emit_alert(replace(alert, hostname=name), resolve=False)
+
+    async def finish_lookups(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Give pending lookups ``grace`` seconds, then write their alerts without a name."""
+        pending = set(self.lookups)
+        if not pending:
+            return
+        _done, late = await asyncio.wait(pending, timeout=grace)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
     # --- plan ----------------------------------------------------------------
     def compute_plan(self) -> PortPlan:
@@ -157,16 +243,26 @@ class Sensor:
             tcp, udp = (tuple(sorted(set(self.listeners.watched(proto)) | {p for q, p in self.unbound if q == proto}))
                         for proto in ("tcp", "udp"))
         failures = await self.listeners.apply(tcp, udp, self.loaded.config.port_banner)
-        for failure in failures:
-            if not quiet_repeats or (failure.proto, failure.port) not in self.unbound:
-                self.admin(f"warning: {failure}", PRIORITY_WARNING)
+        others = [f for f in failures if not f.limit]
+        fresh = [f for f in others if not quiet_repeats or (f.proto, f.port) not in self.unbound]
+        for line in failure_lines(fresh):
+            self.admin(f"warning: {line}", PRIORITY_WARNING)
+        limited = [f for f in failures if f.limit]
+        if limited:  # one line for all of them, and never retried before the next reload
+            left_out: dict[str, list[int]] = {}
+            for failure in limited:
+                left_out.setdefault(failure.proto, []).append(failure.port)
+            missing = sum(len(f.family.split(", ")) for f in limited)
+            self.admin("warning: " + limit_summary(left_out, missing, self.listeners.limit or 0,
+                                                   len(self.listeners.open)), PRIORITY_WARNING)
+        watched = {proto: set(self.listeners.watched(proto)) for proto in ("tcp", "udp")}
         for proto, port in sorted(self.unbound):
-            if port in self.listeners.watched(proto):
+            if port in watched[proto]:
                 self.admin(f"{proto.upper()} port {port} is free now and watched")
         # Retry later only ports no service listens on (a TIME_WAIT left by PortSentry, say):
         # a real service's port is never taken over while that service restarts.
         listening = {"tcp": read_listening("tcp", self.proc), "udp": read_listening("udp", self.proc)}
-        self.unbound = {(f.proto, f.port) for f in failures if f.port not in listening[f.proto]}
+        self.unbound = {(f.proto, f.port) for f in others if f.port not in listening[f.proto]}
 
     def _apply_capture(self) -> None:
         wants_raw = bool(self.plan.tcp_raw or self.plan.udp_raw)
@@ -250,9 +346,10 @@ class Sensor:
         except IgnoreFileError as exc:
             self.admin(f"ignore file not reloaded, keeping the previous list: {exc}", PRIORITY_ERR)
             return
-        ignore = IgnoreList.build(configured, local_networks(self.proc))
+        local = local_networks(self.proc)
+        ignore = IgnoreList.build(configured, local)
         if ignore != self.loaded.ignore:
-            self.loaded = Loaded(config, ignore, configured)
+            self.loaded = Loaded(config, ignore, configured, local)
             self.admin(f"ignore list reloaded from {config.ignore_file}: {len(configured)} entries")
 
     def _watch_ignore_file(self) -> None:
@@ -288,7 +385,7 @@ class Sensor:
         """Follow real services starting and stopping, and this host's addresses changing."""
         local = local_networks(self.proc)
         moved = self.loaded.with_local(local)
-        if moved.ignore != self.loaded.ignore:
+        if moved is not self.loaded:
             self.loaded = moved
             if self.capture is not None:
                 self.capture.set_local(str(n.network_address) for n in local)
@@ -329,19 +426,27 @@ class Sensor:
         await self.tick()
         sdnotify.send(sdnotify.stopping())
         stats = self.capture_stats()
+        self.stop_inputs()
+        await self.finish_lookups()  # alerts already under way go out first, in order
         self.shutdown()
         self.admin(f"stopped{stats}")
         return 0
 
-    def shutdown(self) -> None:
-        """Close sockets, stop threads, write what is still queued."""
+    def stop_inputs(self) -> None:
+        """Close sockets and stop the file watch: no new probe after this (idempotent)."""
         if self.observer is not None:
             self.observer.stop()
+            self.observer = None
         if self.capture is not None:
             self.capture.stop()
+            self.capture = None
         self.listeners.close()
+
+    def shutdown(self) -> None:
+        """Close sockets, stop threads, write what is still queued (closing summaries without a name)."""
+        self.stop_inputs()
         for alert in self.detector.flush(float("inf")):
-            self.emit_alert(alert)
+            self.emit_alert(alert, resolve=False)
         self.emitter.retry()
 
 

@@ -9,9 +9,10 @@ are always ignored.  Parsing is pure; :func:`local_networks` reads /proc.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from socket import AF_INET, AF_INET6, inet_pton
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -103,26 +104,102 @@ def local_networks(proc: str = "/proc") -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(a) for a in local_addresses(proc))
 
 
-@dataclass(frozen=True)
-class IgnoreList:
-    """Networks whose probes are dropped before any counting."""
+def _key(address: object) -> tuple[int, int] | None:
+    """(IP version, address as an int) of a str or ipaddress address; IPv4-mapped IPv6 is IPv4."""
+    if isinstance(address, str):
+        try:
+            if ":" not in address:
+                return 4, int.from_bytes(inet_pton(AF_INET, address), "big")
+            value = int.from_bytes(inet_pton(AF_INET6, address.partition("%")[0]), "big")
+        except (OSError, ValueError):
+            return None
+    elif isinstance(address, ipaddress.IPv4Address):
+        return 4, int(address)
+    elif isinstance(address, ipaddress.IPv6Address):
+        value = int(address)
+    else:
+        return None
+    if value >> 32 == 0xFFFF:
+        return 4, value & 0xFFFFFFFF
+    return 6, value
 
-    networks: tuple[Network, ...]
+
+class _Ranges:
+    """Networks of one IP version: a set of single addresses plus merged, sorted ranges for bisect."""
+
+    __slots__ = ("hosts", "starts", "ends")
+
+    def __init__(self, hosts: set[int], spans: list[tuple[int, int]]) -> None:
+        spans.sort()
+        starts: list[int] = []
+        ends: list[int] = []
+        for start, end in spans:
+            if ends and start <= ends[-1] + 1:
+                if end > ends[-1]:
+                    ends[-1] = end
+            else:
+                starts.append(start)
+                ends.append(end)
+        self.hosts, self.starts, self.ends = hosts, starts, ends
+
+    def __contains__(self, value: int) -> bool:
+        if value in self.hosts:
+            return True
+        index = bisect.bisect_right(self.starts, value) - 1
+        return index >= 0 and value <= self.ends[index]
+
+
+class IgnoreList:
+    """Networks whose probes are dropped before any counting.
+
+    Built in one pass plus one sort of the CIDRs (100,000 entries in well under
+    0.5 s, bench/ignorebench.py); membership is a set lookup for single addresses
+    and one bisect over merged ranges for CIDRs, whatever the mix of prefix lengths.
+    ``::ffff:a.b.c.d/n`` entries (n >= 96) mean the IPv4 network ``a.b.c.d/(n-96)``.
+    ``networks`` is the deduplicated list: what ``check`` counts and what two lists
+    compare by.
+    """
+
+    __slots__ = ("networks", "_v4", "_v6")
+
+    def __init__(self, networks: Iterable[Network]) -> None:
+        kept: dict[tuple[int, int, int], Network] = {}
+        hosts: tuple[set[int], set[int]] = (set(), set())
+        spans: tuple[list[tuple[int, int]], list[tuple[int, int]]] = ([], [])
+        for network in networks:
+            value, length, six = int(network.network_address), network.prefixlen, network.version == 6
+            if six and length >= 96 and value >> 32 == 0xFFFF:
+                value, length, six = value & 0xFFFFFFFF, length - 96, False
+                network = ipaddress.IPv4Network((value, length))
+            key = (six, value, length)
+            if key in kept:
+                continue
+            kept[key] = network
+            bits = 128 if six else 32
+            if length == bits:
+                hosts[six].add(value)
+            else:
+                spans[six].append((value, value + (1 << (bits - length)) - 1))
+        self.networks: tuple[Network, ...] = tuple(kept.values())
+        self._v4 = _Ranges(hosts[0], spans[0])
+        self._v6 = _Ranges(hosts[1], spans[1])
 
     @classmethod
     def build(cls, configured: Iterable[Network], local: Iterable[Network]) -> IgnoreList:
-        """Configured entries plus the host's own addresses and loopback."""
-        merged: list[Network] = []
-        for network in (*LOOPBACK, *local, *configured):
-            if network not in merged:
-                merged.append(network)
-        return cls(tuple(merged))
+        """Configured entries plus the host's own addresses and loopback (duplicates dropped)."""
+        return cls((*LOOPBACK, *local, *configured))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IgnoreList) and self.networks == other.networks
+
+    def __hash__(self) -> int:
+        return hash(self.networks)
+
+    def __repr__(self) -> str:
+        return f"IgnoreList({len(self.networks)} networks)"
 
     def __contains__(self, address: object) -> bool:
-        try:
-            ip = ipaddress.ip_address(address) if isinstance(address, str) else address
-        except ValueError:
+        key = _key(address)
+        if key is None:
             return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in n for n in self.networks if n.version == getattr(ip, "version", 0))
+        return key[1] in (self._v6 if key[0] == 6 else self._v4)

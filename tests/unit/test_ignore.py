@@ -93,3 +93,88 @@ def test_parser_only_raises_its_own_error(text: str) -> None:
         parse_ignore(text, "f")
     except IgnoreFileError as exc:
         assert str(exc).startswith("f:")
+
+
+# --- issue 12, item 7: the set + interval lookup must agree with ipaddress on every case -----------
+
+def _contains_reference(networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network], address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == n.version and ip in n for n in networks)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_cidrs_of_every_length_match_exactly_their_range(version: int) -> None:
+    """For every prefix length: the first and last address are in, the neighbours outside are not."""
+    bits = 32 if version == 4 else 128
+    base = ipaddress.ip_address("198.51.100.77" if version == 4 else "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff")
+    for length in range(bits + 1):
+        network = ipaddress.ip_network(f"{base}/{length}", strict=False)
+        ignore = IgnoreList.build([network], [])
+        first, last = int(network.network_address), int(network.broadcast_address)
+        assert str(network.network_address) in ignore and str(network.broadcast_address) in ignore, network
+        assert base in ignore
+        cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+        if first > 0 and not (version == 4 and cls(first - 1).is_loopback):
+            assert str(cls(first - 1)) not in ignore, network
+        if last < 2 ** bits - 1:
+            assert str(cls(last + 1)) not in ignore or cls(last + 1).is_loopback, network
+
+
+def test_v4_mapped_entries_and_lookups() -> None:
+    """::ffff:a.b.c.d in the file means the IPv4 address (before: it matched nothing), and lookups alike."""
+    ignore = IgnoreList.build(parse_ignore("::ffff:203.0.113.9\n::ffff:198.51.100.0/120\n", "f"), [])
+    for address in ("203.0.113.9", "::ffff:203.0.113.9", "198.51.100.200", "::ffff:198.51.100.1"):
+        assert address in ignore, address
+    for address in ("203.0.113.10", "::ffff:203.0.113.10", "198.51.101.0", "::203.0.113.9"):
+        assert address not in ignore, address
+
+
+def test_address_objects_scoped_and_odd_inputs() -> None:
+    ignore = IgnoreList.build(parse_ignore("fe80::/64\n192.0.2.0/24\n", "f"), [])
+    assert ipaddress.ip_address("192.0.2.9") in ignore and ipaddress.ip_address("fe80::1") in ignore
+    assert "fe80::1%eth0" in ignore
+    assert ipaddress.ip_address("192.0.3.9") not in ignore
+    for odd in ("", "1.2.3", "::g", "192.0.2.1/24", None, 3232235777, b"\xc0\0\2\1"):
+        assert odd not in ignore
+
+
+def test_overlapping_nested_and_duplicate_entries() -> None:
+    text = "10.0.0.0/8\n10.1.0.0/16\n10.1.2.3\n10.1.2.3\n11.0.0.0/8\n12.0.0.0/9\n12.128.0.0/9\n2001:db8::/33\n"
+    networks = parse_ignore(text, "f")
+    ignore = IgnoreList.build(networks, [])
+    assert len(ignore.networks) == 8 - 1 + 2  # one duplicate dropped, loopback v4 and v6 added
+    for address in ("10.255.255.255", "11.0.0.0", "12.127.255.255", "12.128.0.0", "12.255.255.255",
+                    "2001:db8:7fff::1", "13.0.0.0", "9.255.255.255", "2001:db8:8000::", "2001:db9::"):
+        assert (address in ignore) == _contains_reference(list(ignore.networks), address), address
+
+
+@given(st.lists(st.tuples(st.integers(0, 2 ** 32 - 1), st.integers(0, 32)), max_size=30),
+       st.lists(st.integers(0, 2 ** 32 - 1), max_size=30))
+def test_agrees_with_ipaddress_v4(entries: list[tuple[int, int]], probes: list[int]) -> None:
+    networks = [ipaddress.IPv4Network((address, length), strict=False) for address, length in entries]
+    ignore = IgnoreList.build(networks, [])
+    for probe in probes + [int(n.network_address) for n in networks] + [int(n.broadcast_address) for n in networks]:
+        address = str(ipaddress.IPv4Address(probe))
+        assert (address in ignore) == _contains_reference(list(ignore.networks), address)
+
+
+@given(st.lists(st.tuples(st.integers(0, 2 ** 128 - 1), st.integers(0, 128)), max_size=30),
+       st.lists(st.integers(0, 2 ** 128 - 1), max_size=30))
+def test_agrees_with_ipaddress_v6(entries: list[tuple[int, int]], probes: list[int]) -> None:
+    networks = [ipaddress.IPv6Network((address, length), strict=False) for address, length in entries]
+    ignore = IgnoreList.build(networks, [])
+    for probe in probes + [int(n.network_address) + 1 for n in networks]:
+        address = str(ipaddress.IPv6Address(probe % 2 ** 128))
+        assert (address in ignore) == _contains_reference(list(ignore.networks), address)
+
+
+def test_host_addresses_with_a_large_list() -> None:
+    """The host's own addresses and loopback stay ignored next to 10,000 configured entries."""
+    local = [ipaddress.ip_network(a) for a in parse_fib_trie(FIB_TRIE) + parse_if_inet6(IF_INET6)]
+    configured = [ipaddress.IPv4Network((0xC6330000 + i * 4, 30)) for i in range(10000)]  # 198.51.0.0 up
+    ignore = IgnoreList.build(configured, local)
+    for address in ("127.0.0.1", "::1", "192.0.2.1", "2001:db8::1", "198.51.0.3", "198.51.156.63"):
+        assert address in ignore, address
+    assert "198.51.156.64" not in ignore and "192.0.2.2" not in ignore
