@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import pwd
@@ -576,8 +577,11 @@ class SensorProcess:
         """Start the sensor; wait for READY=1 (fail with its stderr if it exits first)."""
         _, uid, gid = self.user
         with open(self.stderr_path, "wb") as err:
-            self.proc = self.lab.spawn_in(self.ns, self.command(), user=(uid, gid), env=self.env(),
-                                          cwd=str(REPO_ROOT), stdout=err, stderr=err)
+            # spawn_victim for the victim: tests may wrap it (test_faults.py: a private mount namespace)
+            spawn = self.lab.spawn_victim if self.ns == self.lab.victim else functools.partial(
+                self.lab.spawn_in, self.ns)
+            self.proc = spawn(self.command(), user=(uid, gid), env=self.env(), cwd=str(REPO_ROOT),
+                              stdout=err, stderr=err)
         if wait_ready:
             self.wait_ready()
         return self
