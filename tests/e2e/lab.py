@@ -45,6 +45,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # tests import the sensor's own modules (MESSAGE_ID, ...)
     sys.path.insert(0, str(REPO_ROOT))
+if str(REPO_ROOT / "tests") not in sys.path:  # tests/ci.py (bench/ imports this module too)
+    sys.path.append(str(REPO_ROOT / "tests"))
+from ci import in_ci  # noqa: E402  (re-exported: tests/e2e/conftest.py imports it from here)
 SYSTEM_PYTHON = "/usr/bin/python3"
 JOURNALD = "/lib/systemd/systemd-journald"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -61,11 +64,6 @@ _STATE_DIR = Path("/run/portsentry-e2e")
 
 # --------------------------------------------------------------------------
 # Policy: skip outside CI, fail in CI.
-
-def in_ci() -> bool:
-    """True when running in CI, where a skipped e2e test is a failure."""
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
-
 
 def e2e_unavailable(reason: str) -> None:
     """Fail (CI) or skip (elsewhere) because the lab cannot run."""
