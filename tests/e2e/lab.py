@@ -48,6 +48,7 @@ if str(REPO_ROOT) not in sys.path:  # tests import the sensor's own modules (MES
 if str(REPO_ROOT / "tests") not in sys.path:  # tests/ci.py (bench/ imports this module too)
     sys.path.append(str(REPO_ROOT / "tests"))
 from ci import in_ci  # noqa: E402  (re-exported: tests/e2e/conftest.py imports it from here)
+
 SYSTEM_PYTHON = "/usr/bin/python3"
 JOURNALD = "/lib/systemd/systemd-journald"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"

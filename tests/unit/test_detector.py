@@ -92,3 +92,21 @@ def test_big_scan_uses_a_bitmap_and_counts_exactly() -> None:
         detector.observe(probe(port), 1)
     window = detector.windows[("198.51.100.7", "tcp")]
     assert window.count == 65535 and window.bitmap is not None and not window.small
+
+
+def test_a_window_ends_exactly_scan_window_seconds_after_its_first_probe() -> None:
+    """A probe at started + scan_window opens a new window (reported again), not one second later."""
+    detector = make(scan_window=10)
+    assert len(detector.observe(probe(1), 5.0)) == 1
+    assert detector.observe(probe(2), 14.999) == []                          # still the first window
+    again = detector.observe(probe(3), 15.0)
+    assert [(a.summary, a.count) for a in again] == [(True, 2), (False, 1)]  # closed, then new
+
+
+def test_flush_closes_a_window_exactly_at_its_end() -> None:
+    detector = make(scan_window=10, summary_interval=100, summary_max_lines=2)
+    detector.observe(probe(1), 0.0)
+    detector.observe(probe(2), 1.0)
+    assert detector.flush(9.999) == [] and len(detector) == 1
+    closing = detector.flush(10.0)
+    assert [(a.summary, a.count, a.window) for a in closing] == [(True, 2, 10)] and len(detector) == 0
