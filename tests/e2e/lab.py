@@ -692,3 +692,26 @@ def first_alerts(found: Entries) -> Entries:
 def nmap_ports(seq: Sequence[int]) -> str:
     """nmap's -p syntax."""
     return ",".join(map(str, seq))
+
+
+# --------------------------------------------------------------------------
+# Positive controls: "nothing happened" is believed only after something did.
+
+def positive_control(lab: Lab, journal: Journal, sensor: SensorProcess, cursor: str, ns: str,
+                     nmap_args: Sequence[str], src: str, proto: str, ports: int,
+                     timeout: float = 20) -> Entries:
+    """A known-good scan after an action that must leave no trace; returns its alerts.
+
+    The scanner in ``ns`` (source ``src``, which must not have scanned this sensor in the
+    current window) runs ``nmap_args`` at the same sockets the action used (same family,
+    protocol and ports); this waits until the sensor has reported ``ports`` (>= 2) ports
+    of it.  That count only comes in a summary line, so the sensor's periodic flush has run
+    as well.  A socket's packets and connections are handled in arrival order, so whatever
+    the earlier action would have caused (an alert or a summary) is in the journal by now.
+    """
+    assert ports >= 2, "one port gives no summary line: use two or more"
+    result = lab.nmap(nmap_args, ns=ns)
+    assert result.returncode == 0, result.stderr
+    return poll_alerts(lambda: sensor.alerts(journal, cursor, src=src, proto=proto),
+                       lambda found: max_count(found) >= ports, timeout, sensor,
+                       f"of the positive control {src} ({' '.join(nmap_args)})")
