@@ -93,6 +93,24 @@ def test_the_program_in_the_kernels_own_numbers() -> None:
         (0x28, 0, 0, 2), (0x25, 3, 0, 53), (0x35, 0, 1, 53), (0x06, 0, 0, 256), (0x06, 0, 0, 0),
         (0x06, 0, 0, 0)]
     assert bpf.MAX_INSNS == 4096   # BPF_MAXINSNS
+    assert bpf.simulate(program, v4_tcp(135, SYN)) == 256           # any interface but loopback
+    assert bpf.simulate(program, v4_tcp(135, SYN), ifindex=1) == 0
+    assert bpf.simulate(program, v4_tcp(135, SYN)[:10]) == 0        # truncated: exactly 0, not "false"
+
+
+def test_a_program_of_exactly_max_insns_is_built_and_one_more_range_is_refused() -> None:
+    """tcp over IPv4 with the loopback check: 12 + 4 per range; 1021 ranges make 4096 instructions."""
+    ports = range(1, 2 * 1022, 2)
+    assert len(bpf.build_filter("tcp", ports[:1021], True, 1, max_ranges=1021)) == bpf.MAX_INSNS
+    with pytest.raises(ValueError, match="too long"):
+        bpf.build_filter("tcp", ports, True, 1, max_ranges=1022)
+
+
+def test_a_packet_that_ends_right_after_the_port_is_judged() -> None:
+    """The IPv6 program reads the port at bytes 2-3: four bytes of transport header are enough."""
+    program = bpf.build_filter("udp", {53}, ipv4_header=False)
+    assert accepted(program, struct.pack("!HH", 40000, 53))
+    assert not accepted(program, struct.pack("!HB", 40000, 0))
 
 
 def test_advanced_plan_program_is_small() -> None:
