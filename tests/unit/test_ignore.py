@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from sensor.ignore import (
     IgnoreFileError,
     IgnoreList,
+    local_addresses,
+    local_networks,
     parse_fib_trie,
     parse_if_inet6,
     parse_ignore,
-    local_addresses,
-    local_networks,
     read_ignore_file,
 )
 
