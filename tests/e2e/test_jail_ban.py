@@ -236,7 +236,7 @@ def assert_free(stack: Stack, address: str) -> None:
     assert address not in banned_list(stack)
     victim = VICTIM6 if ":" in address else VICTIM4
     assert wait_until(lambda: tcp_ok(stack, victim), 5), "unbanned attacker cannot connect"
-    assert udp_ok(stack, victim), "unbanned attacker gets no UDP answer"
+    assert wait_until(lambda: udp_ok(stack, victim), 5), "unbanned attacker gets no UDP answer"
 
 
 # --------------------------------------------------------------------------
