@@ -396,7 +396,11 @@ def test_stealth_modes_watch_the_configured_ports_only(lab: Lab, journald: Journ
         lab.nmap(["-sU", "-p", "161,162,31337", VICTIM4], ns=ns)
         tcp = wait_alerts(journald, stealth, lambda f: max_count(f) >= 4, src=STEALTH4, proto="tcp")
         udp = wait_alerts(journald, stealth, lambda f: max_count(f) >= 2, src=STEALTH4, proto="udp")
-        time.sleep(1.5)
+        # Positive control (before "and nothing else"): another scanner on the same sockets, counted in full.
+        addr4, _ = CONTROLS["c1"]
+        for options, ports, proto in ((["-sS"], "1,79", "tcp"), (["-sU"], "161,31337", "udp")):
+            positive_control(lab, journald, stealth, stealth.cursor,  # type: ignore[attr-defined]
+                             f"{lab.prefix}-c1", [*options, "-p", ports, VICTIM4], addr4, proto, 2)
         tcp, udp = alerts(journald, stealth, src=STEALTH4, proto="tcp"), alerts(journald, stealth,
                                                                               src=STEALTH4, proto="udp")
         assert {e["PORTSENTRY_MODE"] for e in tcp} == {"stcp"} and max_count(tcp) == 4
