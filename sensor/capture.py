@@ -108,6 +108,16 @@ def _label(family: int, proto: str) -> str:
     return proto + ("6" if family == socket.AF_INET6 else "")
 
 
+def _loopback_source(src: str) -> bool:
+    """127.0.0.0/8, ::1, and their IPv4-mapped form (::ffff:127.x.y.z, however it is written)."""
+    if src.startswith("127.") or src == "::1":
+        return True
+    if not src.startswith("::ffff:"):
+        return False
+    mapped = ipaddress.IPv6Address(src).ipv4_mapped
+    return mapped is not None and mapped.is_loopback
+
+
 def _loopback_ifindex() -> int | None:
     try:
         return socket.if_nametoindex("lo")
@@ -325,7 +335,7 @@ class RawCapture:
         src = packet.src
         if (kind is None or packet.dport not in self.plan.raw_ports(packet.proto)
                 or packet.dst not in self.local or src in self.local
-                or src.startswith("127.") or src == "::1"):
+                or _loopback_source(src)):
             return None
         return Probe(src=packet.src, dst=packet.dst, proto=packet.proto, dport=packet.dport,
                      scan=kind.scan, mode=self.plan.raw_mode(packet.proto), verified=False,

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from ci import skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -16,9 +15,7 @@ BIN = Path(sys.executable).parent
 def tool(name: str) -> str:
     path = BIN / name
     if not path.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed in {BIN} (tools/setup-env installs it)")
-        pytest.skip(f"{name} not installed in {BIN}")
+        skip_or_fail(f"{name} is not installed in {BIN} (tools/setup-env installs it)")
     return str(path)
 
 

@@ -45,6 +45,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # tests import the sensor's own modules (MESSAGE_ID, ...)
     sys.path.insert(0, str(REPO_ROOT))
+if str(REPO_ROOT / "tests") not in sys.path:  # tests/ci.py (bench/ imports this module too)
+    sys.path.append(str(REPO_ROOT / "tests"))
+from ci import in_ci  # noqa: E402  (re-exported: tests/e2e/conftest.py imports it from here)
+
 SYSTEM_PYTHON = "/usr/bin/python3"
 JOURNALD = "/lib/systemd/systemd-journald"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -66,11 +70,6 @@ _STATE_DIR = Path("/run/portsentry-e2e")
 
 # --------------------------------------------------------------------------
 # Policy: skip outside CI, fail in CI.
-
-def in_ci() -> bool:
-    """True when running in CI, where a skipped e2e test is a failure."""
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
-
 
 def e2e_unavailable(reason: str) -> None:
     """Fail (CI) or skip (elsewhere) because the lab cannot run."""
@@ -702,3 +701,26 @@ def first_alerts(found: Entries) -> Entries:
 def nmap_ports(seq: Sequence[int]) -> str:
     """nmap's -p syntax."""
     return ",".join(map(str, seq))
+
+
+# --------------------------------------------------------------------------
+# Positive controls: "nothing happened" is believed only after something did.
+
+def positive_control(lab: Lab, journal: Journal, sensor: SensorProcess, cursor: str, ns: str,
+                     nmap_args: Sequence[str], src: str, proto: str, ports: int,
+                     timeout: float = 20) -> Entries:
+    """A known-good scan after an action that must leave no trace; returns its alerts.
+
+    The scanner in ``ns`` (source ``src``, which must not have scanned this sensor in the
+    current window) runs ``nmap_args`` at the same sockets the action used (same family,
+    protocol and ports); this waits until the sensor has reported ``ports`` (>= 2) ports
+    of it.  That count only comes in a summary line, so the sensor's periodic flush has run
+    as well.  A socket's packets and connections are handled in arrival order, so whatever
+    the earlier action would have caused (an alert or a summary) is in the journal by now.
+    """
+    assert ports >= 2, "one port gives no summary line: use two or more"
+    result = lab.nmap(nmap_args, ns=ns)
+    assert result.returncode == 0, result.stderr
+    return poll_alerts(lambda: sensor.alerts(journal, cursor, src=src, proto=proto),
+                       lambda found: max_count(found) >= ports, timeout, sensor,
+                       f"of the positive control {src} ({' '.join(nmap_args)})")

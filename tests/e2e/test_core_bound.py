@@ -35,6 +35,7 @@ from lab import (
     max_count,
     nmap_ports,
     poll_alerts,
+    positive_control,
     world_readable_dir,
 )
 
@@ -190,14 +191,64 @@ def test_ignored_source_produces_nothing(lab: Lab, journald: Journal, start_sens
     assert nmap_open(out, "tcp") == set(TCP_WATCHED), out  # it did reach the tripwires
     lab.nmap(["-6", "-sT", "-p", nmap_ports(TCP_WATCHED), VICTIM6], ns=second)
     lab.nmap(["-sU", "-p", nmap_ports(UDP_WATCHED), VICTIM4], ns=second)
-    lab.nmap(["-sT", "-p", "79,111", VICTIM4])
 
-    wait_alerts(journald, cursor, sensor, lambda f: max_count(f) >= 2, src=ATTACKER4)
-    time.sleep(2.5)  # past SUMMARY_INTERVAL: summaries for the ignored source would be out too
+    # Positive control: the first attacker then hits every socket the ignored one did.
+    control_all_sockets(lab, journald, cursor, sensor, TCP_WATCHED, UDP_WATCHED)
     for src in (SECOND4, SECOND6):
         assert alerts(journald, cursor, sensor, src=src) == []
     reported = {e["PORTSENTRY_SRC"] for e in alerts(journald, cursor, sensor)}
-    assert reported == {ATTACKER4}
+    assert reported == {ATTACKER4, ATTACKER6}
+
+
+def control_all_sockets(lab: Lab, journal: Journal, cursor: str, sensor: SensorProcess,
+                        tcp: tuple[int, ...], udp: tuple[int, ...], tcp4: bool = True) -> None:
+    """Positive control from the first attacker: TCP over IPv4 (unless done already) and IPv6, UDP alike."""
+    if tcp4:
+        positive_control(lab, journal, sensor, cursor, lab.attacker,
+                         ["-sT", "-p", nmap_ports(tcp), VICTIM4], ATTACKER4, "tcp", len(tcp))
+    positive_control(lab, journal, sensor, cursor, lab.attacker,
+                     ["-6", "-sT", "-p", nmap_ports(tcp), VICTIM6], ATTACKER6, "tcp", len(tcp))
+    positive_control(lab, journal, sensor, cursor, lab.attacker, ["-sU", "-p", nmap_ports(udp), VICTIM4],
+                     ATTACKER4, "udp", len(udp))
+    positive_control(lab, journal, sensor, cursor, lab.attacker,
+                     ["-6", "-sU", "-p", nmap_ports(udp), VICTIM6], ATTACKER6, "udp", len(udp))
+
+
+def wait_ignore_reloaded(journal: Journal, sensor: SensorProcess, cursor: str, entries: int) -> None:
+    """Wait for the sensor's own line saying it re-read the ignore file (it watches the file)."""
+    said = f"ignore list reloaded from {sensor.ignore_path}: {entries} entries"
+    found = journal.wait_for(cursor, lambda e: said in str(e.get("MESSAGE", "")), timeout=10,
+                             _PID=str(sensor.pid))
+    assert found, f"no '{said}' from the sensor; stderr:\n{sensor.stderr_text()}"
+
+
+def test_editing_the_ignore_file_while_running_takes_effect(
+        lab: Lab, journald: Journal, start_sensor: StartSensor) -> None:
+    """No SIGHUP: ignore 192.0.2.3 while the sensor runs, its scans are silent; un-ignore, they alert."""
+    sensor = start_sensor()
+    second = f"{lab.prefix}-b"
+    cursor = journald.cursor()
+    sensor.write_ignore(f"{SECOND4}\n{SECOND6}/128\n")            # edited in place
+    wait_ignore_reloaded(journald, sensor, cursor, 2)
+    out = lab.nmap(["-sT", "-p", nmap_ports(TCP_WATCHED), VICTIM4], ns=second).stdout
+    assert nmap_open(out, "tcp") == set(TCP_WATCHED), out          # it did reach the tripwires
+    lab.nmap(["-6", "-sT", "-p", nmap_ports(TCP_WATCHED), VICTIM6], ns=second)
+    lab.nmap(["-sU", "-p", nmap_ports(UDP_WATCHED), VICTIM4], ns=second)
+    lab.nmap(["-6", "-sU", "-p", nmap_ports(UDP_WATCHED), VICTIM6], ns=second)
+    control_all_sockets(lab, journald, cursor, sensor, TCP_WATCHED, UDP_WATCHED)
+    assert alerts(journald, cursor, sensor, src=SECOND4) + alerts(journald, cursor, sensor, src=SECOND6) == []
+
+    cursor = journald.cursor()
+    replacement = sensor.ignore_path.with_name("portsentry.ignore.new")   # replaced, as editors do
+    replacement.write_text("# nobody ignored any more\n")
+    replacement.chmod(0o644)
+    replacement.replace(sensor.ignore_path)
+    wait_ignore_reloaded(journald, sensor, cursor, 0)
+    lab.nmap(["-sT", "-p", "79,111", VICTIM4], ns=second)
+    lab.nmap(["-6", "-sT", "-p", "79,111", VICTIM6], ns=second)
+    for src in (SECOND4, SECOND6):
+        found = wait_alerts(journald, cursor, sensor, lambda f: max_count(f) >= 2, src=src, proto="tcp")
+        assert len(first_alerts(found)) == 1, [e["MESSAGE"] for e in found]
 
 
 def test_real_service_and_own_traffic_are_never_reported(
@@ -214,17 +265,17 @@ def test_real_service_and_own_traffic_are_never_reported(
     # The host itself touches its own tripwires (v4, v6, loopback).
     own = lab.run_victim([SYSTEM_PYTHON, "-c", OWN_TRAFFIC], timeout=20)
     assert own.returncode == 0, own.stderr
-    # The first attacker scans the service's port together with watched ports.
+    # The first attacker scans the service's port together with watched ports: the positive
+    # control for TCP over IPv4; then for every other socket the host's own traffic touched.
     mixed = (SERVICE_PORT, 1, 79, 111)
     out = lab.nmap(["-sT", "-p", nmap_ports(mixed), VICTIM4]).stdout
     assert nmap_open(out, "tcp") == set(mixed), out
-
     wait_alerts(journald, cursor, sensor, lambda f: max_count(f) >= 3, src=ATTACKER4, proto="tcp")
-    time.sleep(2.5)  # let summaries come out
+    control_all_sockets(lab, journald, cursor, sensor, (79, 111), (69, 161), tcp4=False)
+
     found = alerts(journald, cursor, sensor)
-    assert found, "the scan of the watched ports was not reported"
     assert all(e["PORTSENTRY_DPORT"] != str(SERVICE_PORT) for e in found), [e["MESSAGE"] for e in found]
-    assert {e["PORTSENTRY_SRC"] for e in found} == {ATTACKER4}, [e["MESSAGE"] for e in found]
+    assert {e["PORTSENTRY_SRC"] for e in found} == {ATTACKER4, ATTACKER6}, [e["MESSAGE"] for e in found]
     assert max_count(alerts(journald, cursor, sensor, src=ATTACKER4, proto="tcp")) == 3
 
 

@@ -10,7 +10,6 @@ connect scan bans.
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +17,8 @@ from f2b import Fail2Ban
 from lab import ATTACKER4, VICTIM4, Journal, Lab, SensorProcess, wait_until, world_readable_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+SECOND4, SECOND6 = "192.0.2.3", "2001:db8::3"  # the positive control's scanner
 
 SENSOR_CONF = """\
 TCP_MODE="tcp"
@@ -36,6 +37,7 @@ LOG_TARGET="journal"
 def verified(journald: Journal, sensor_user: tuple[str, int, int]) -> Iterator[tuple[Lab, SensorProcess, Fail2Ban]]:
     """Sensor (tcp + sudp) and fail2ban with mode = verified in the victim."""
     with Lab("psjver") as lab:
+        lab.add_attacker("b", SECOND4, SECOND6)
         sensor = SensorProcess(lab, SENSOR_CONF, user=sensor_user).start()
         workdir = world_readable_dir("portsentry-f2bver-")
         local = (f"[portsentry]\njournalmatch = _UID={sensor_user[1]} _PID={sensor.pid}\n"
@@ -57,7 +59,11 @@ def test_unverified_udp_scan_is_reported_but_bans_nobody(
     lab.nmap(["-sU", "-p", "69,161", VICTIM4], timeout=60)
     assert wait_until(lambda: bool(sensor.alerts(journald, cursor, src=ATTACKER4, verified="no")), 15), \
         f"no unverified UDP alert; sensor stderr:\n{sensor.stderr_text()}"
-    time.sleep(3)  # fail2ban acts within about 1 s on a matching entry
+    # Positive control: a verified connect scan from another attacker, after the UDP alert, is
+    # found and banned; fail2ban reads the journal in order, so it has read the UDP alert too.
+    lab.nmap(["-sT", "-p", "79,111", VICTIM4], ns=f"{lab.prefix}-b", timeout=60)
+    assert wait_until(lambda: f"Found {SECOND4}" in f2b.log_text(), 15), f2b.log_tail()
+    f2b.wait_in_set(SECOND4)
     assert ATTACKER4 not in f2b.nft_set(4)
     assert f"Found {ATTACKER4}" not in f2b.log_text()
 

@@ -6,8 +6,10 @@ nmap's raw-packet scans, which never complete a connection and so are never
 seen by bound sockets: SYN, FIN, NULL, XMAS, UDP and SYN over IPv6.  Each
 must appear in the journal with the right PORTSENTRY_SCAN/PORTSENTRY_PROTO and
 verified=no; the web server's clients must never appear, even when the server
-starts after the sensor; a full 65535-port SYN scan must give one alert at
-once and at most SUMMARY_MAX_LINES summaries more.
+starts after the sensor; a full 65535-port SYN scan must give a first alert
+and at most SUMMARY_MAX_LINES summaries more per window.  Every "no alert"
+check comes after a positive control: a known-good scanner hits the same
+sockets afterwards and is seen to be counted in full (see control()).
 
 Every scan type comes from its own attacker namespace (its own source
 address), so the per-source summarising never hides a first alert.  The
@@ -17,6 +19,7 @@ whole module runs twice: ADVANCED_PORTS_* = 1024 (PortSentry's default) and
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -39,6 +42,7 @@ from lab import (
     max_count,
     nmap_ports,
     poll_alerts,
+    positive_control,
 )
 
 sys.path.insert(0, str(REPO_ROOT))
@@ -71,6 +75,11 @@ FULL4, FULL6 = "192.0.2.20", "2001:db8::20"
 ACK4, ACK6 = "192.0.2.21", "2001:db8::21"          # ACK-family scans: never a probe
 RETURN4, RETURN6 = "192.0.2.22", "2001:db8::22"    # probes a service's port after it stopped
 STEALTH4, STEALTH6 = "192.0.2.23", "2001:db8::23"  # scans a stcp/sudp sensor
+# Positive controls: one known-good scanner per "nothing happened" check (a fresh source each,
+# so that its count starts from zero), suffix -> (IPv4, IPv6).
+CONTROLS = {f"c{n}": (f"192.0.2.{30 + n}", f"2001:db8::{30 + n:x}") for n in range(1, 6)}
+CONTROL_TCP = (21, 23, 25)    # watched in both plans (<= 1024, not excluded, no service)
+CONTROL_UDP = (53, 69)
 
 CONF = """\
 # portsentry-sensor e2e: advanced modes (the shipped default)
@@ -115,6 +124,8 @@ def lab() -> Iterator[Lab]:
         the_lab.add_attacker("ack", ACK4, ACK6)
         the_lab.add_attacker("ret", RETURN4, RETURN6)
         the_lab.add_attacker("st", STEALTH4, STEALTH6)
+        for suffix, (addr4, addr6) in CONTROLS.items():
+            the_lab.add_attacker(suffix, addr4, addr6)
         the_lab.serve_tcp(EARLY_SERVICE)
         yield the_lab
 
@@ -149,6 +160,26 @@ def wait_alerts(journal: Journal, sensor: SensorProcess, until: Callable[[list[d
                 timeout: float = 15, **match: str) -> list[dict[str, Any]]:
     """Poll until ``until(alerts)`` holds; assert it did; return the alerts."""
     return poll_alerts(lambda: alerts(journal, sensor, **match), until, timeout, sensor, str(match))
+
+
+def control(lab: Lab, journal: Journal, sensor: SensorProcess, suffix: str, tcp6: bool = True,
+            udp: bool = False) -> None:
+    """Positive control from attacker ``suffix``: a SYN scan over IPv4 (and IPv6), a UDP scan if asked.
+
+    It reaches the same raw sockets as the traffic just before it, after it: once the
+    sensor has counted all of it, that traffic has been handled too (see lab.positive_control).
+    """
+    addr4, addr6 = CONTROLS[suffix]
+    ns = f"{lab.prefix}-{suffix}"
+    cursor: str = sensor.cursor  # type: ignore[attr-defined]
+    runs = [(["-sS"], VICTIM4, addr4, "tcp", CONTROL_TCP)]
+    if tcp6:
+        runs.append((["-6", "-sS"], VICTIM6, addr6, "tcp", CONTROL_TCP))
+    if udp:
+        runs += [(["-sU"], VICTIM4, addr4, "udp", CONTROL_UDP), (["-6", "-sU"], VICTIM6, addr6, "udp", CONTROL_UDP)]
+    for options, target, src, proto, ports in runs:
+        positive_control(lab, journal, sensor, cursor, ns, [*options, "-p", nmap_ports(ports), target],
+                         src, proto, len(ports))
 
 
 # --------------------------------------------------------------------------
@@ -188,7 +219,7 @@ def test_ack_family_scans_are_not_probes(lab: Lab, journald: Journal, sensor: Se
         target = VICTIM6 if "-6" in options else VICTIM4
         result = lab.nmap([*options, "-p", nmap_ports(SCANNED), target], ns=f"{lab.prefix}-ack")
         assert result.returncode == 0, result.stderr
-    time.sleep(1.5)
+    control(lab, journald, sensor, "c1")
     assert not alerts(journald, sensor, src=ACK4) + alerts(journald, sensor, src=ACK6)
 
 
@@ -205,7 +236,7 @@ def test_clients_of_a_running_web_server_are_never_reported(lab: Lab, journald: 
                                                             sensor: SensorProcess) -> None:
     """200 HTTP requests (IPv4 and IPv6) to a service inside the watched range: no alert."""
     run_client(lab, EARLY_SERVICE, 200)
-    time.sleep(1.5)
+    control(lab, journald, sensor, "c2")
     assert not alerts(journald, sensor, src=ATTACKER4) + alerts(journald, sensor, src=ATTACKER6)
     assert not alerts(journald, sensor, dport=str(EARLY_SERVICE))
 
@@ -221,7 +252,7 @@ def test_a_web_server_started_after_the_sensor_is_never_reported(lab: Lab, journ
         run_client(lab, LATE_SERVICE, 40)
         time.sleep(2.5)   # > PLAN_REFRESH: the plan has dropped the port by now
         run_client(lab, LATE_SERVICE, 40)
-        time.sleep(1.5)
+        control(lab, journald, sensor, "c3")
     finally:
         kill_pid(server)
     assert not alerts(journald, sensor, src=ATTACKER4) + alerts(journald, sensor, src=ATTACKER6)
@@ -231,7 +262,7 @@ def test_a_web_server_started_after_the_sensor_is_never_reported(lab: Lab, journ
     stopped = time.monotonic()
     time.sleep(2.5)   # > PLAN_REFRESH: the plan watches the port again
     lab.nmap(["-sS", "-p", str(LATE_SERVICE), VICTIM4], ns=f"{lab.prefix}-ret")
-    time.sleep(1.5)
+    control(lab, journald, sensor, "c4", tcp6=False)
     assert not alerts(journald, sensor, src=RETURN4)
     # ... but once RELEASE_GRACE has passed, a probe of that port is one.
     time.sleep(max(0.0, stopped + 1 + RELEASE_GRACE + 1 - time.monotonic()))
@@ -288,44 +319,54 @@ def test_replies_to_the_victims_own_connections_are_not_scans(lab: Lab, journald
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         result = lab.run_victim([SYSTEM_PYTHON, "-c", OUTGOING_CLIENT], timeout=120)
         assert result.returncode == 0, result.stderr
-        time.sleep(1.5)
+        control(lab, journald, sensor, "c5", udp=True)
     finally:
         kill_pid(server)
     assert not alerts(journald, sensor, src=ATTACKER4) + alerts(journald, sensor, src=ATTACKER6)
 
 
 # --------------------------------------------------------------------------
-# A full scan is one alert at once and a bounded number of lines.
+# A full scan is reported, in a bounded number of lines.
 
-def test_a_full_syn_scan_is_one_alert_at_once_and_a_bounded_number_of_lines(
+def test_a_full_syn_scan_is_reported_in_a_bounded_number_of_lines(
         lab: Lab, journald: Journal, sensor: SensorProcess) -> None:
-    """nmap -sS -p 1-65535: the first alert within 2 s, then <= SUMMARY_MAX_LINES summaries."""
+    """nmap -sS -p 1-65535: a first alert, then at most SUMMARY_MAX_LINES summaries per window.
+
+    How soon the first alert comes and how many of the ports the last line counts are
+    figures, not claims: bench/run.py records them (sections latency and lines).
+    """
     upper: int = sensor.upper  # type: ignore[attr-defined]
     ns = f"{lab.prefix}-full"
-    started, wall = time.monotonic(), time.time()
+    started = time.monotonic()
     scan = lab.spawn_in(ns, ["nmap", "-n", "-Pn", "-sS", "-T4", "--max-retries", "1",
                              "--host-timeout", "200s", "-p", "1-65535", VICTIM4],
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = wait_alerts(journald, sensor, lambda f: len(f) >= 1, timeout=10, src=FULL4)[0]
-    first_after = int(first["__REALTIME_TIMESTAMP"]) / 1e6 - wall   # journald's receive time
+    wait_alerts(journald, sensor, lambda f: len(f) >= 1, timeout=60, src=FULL4)
     out, err = scan.communicate(timeout=220)
     assert scan.returncode == 0, err
     scan_seconds = time.monotonic() - started
-    assert scan_seconds < SCAN_WINDOW - 2, "the scan outlasted one window: make SCAN_WINDOW longer"
-    time.sleep(SCAN_WINDOW - scan_seconds + 2.5)   # the window has closed: its last line is out
 
-    found = alerts(journald, sensor, src=FULL4)
+    # The source comes back once its (last) window is over: the return is a new first alert,
+    # written after the old window's closing line -- so every line of the scan is out by then.
+    newest = max(int(e["__REALTIME_TIMESTAMP"]) for e in first_alerts(alerts(journald, sensor, src=FULL4)))
+    time.sleep(max(0.0, newest / 1e6 + SCAN_WINDOW + 1.5 - time.time()))
+    windows = len(first_alerts(alerts(journald, sensor, src=FULL4)))
+    lab.nmap(["-sS", "-p", nmap_ports(CONTROL_TCP), VICTIM4], ns=ns)
+    found = wait_alerts(journald, sensor, lambda f: len(first_alerts(f)) > windows, src=FULL4)
+    returned = found.index(first_alerts(found)[-1])
+    found, again = found[:returned], found[returned:]
+    assert int(again[0]["PORTSENTRY_COUNT"]) == 1 and int(again[0]["PORTSENTRY_DPORT"]) in CONTROL_TCP
+
     lines = [e["MESSAGE"] for e in found]
-    assert len(first_alerts(found)) == 1, lines
-    assert len(found) <= 1 + SUMMARY_MAX_LINES, lines
-    assert first_after < 2.0, f"first alert after {first_after:.2f} s"
-    counts = [int(e["PORTSENTRY_COUNT"]) for e in found]
-    assert counts == sorted(counts) and counts[0] == 1, lines
-    watched_ports = upper - 2 - 1   # 1..upper minus ADVANCED_EXCLUDE_TCP (113, 139) minus the web server
-    print(f"full scan ({upper}): {scan_seconds:.1f} s, first alert after {first_after:.2f} s, "
-          f"{len(found)} journal lines, last count {counts[-1]} of {watched_ports} watched ports")
-    assert counts[-1] >= 0.5 * watched_ports, lines   # under a flood the count is a lower bound
-    assert all(int(e["PORTSENTRY_DPORT"]) <= upper for e in found)
+    starts = [i for i, e in enumerate(found) if e.get("PORTSENTRY_SUMMARY") != "1"] + [len(found)]
+    assert starts[0] == 0 and len(starts) - 1 <= 1 + int(scan_seconds // SCAN_WINDOW), lines
+    for begin, end in itertools.pairwise(starts):
+        counts = [int(e["PORTSENTRY_COUNT"]) for e in found[begin:end]]
+        assert len(counts) <= 1 + SUMMARY_MAX_LINES, lines          # bounded, whatever the scan's size
+        assert counts == sorted(counts) and counts[0] == 1, lines
+    assert all(int(e["PORTSENTRY_DPORT"]) <= upper for e in found), lines
+    print(f"full scan ({upper}): {scan_seconds:.1f} s, {len(found)} journal lines in {len(starts) - 1} "
+          f"window(s), last count {found[-1]['PORTSENTRY_COUNT']}")
 
 
 # --------------------------------------------------------------------------
@@ -355,7 +396,11 @@ def test_stealth_modes_watch_the_configured_ports_only(lab: Lab, journald: Journ
         lab.nmap(["-sU", "-p", "161,162,31337", VICTIM4], ns=ns)
         tcp = wait_alerts(journald, stealth, lambda f: max_count(f) >= 4, src=STEALTH4, proto="tcp")
         udp = wait_alerts(journald, stealth, lambda f: max_count(f) >= 2, src=STEALTH4, proto="udp")
-        time.sleep(1.5)
+        # Positive control (before "and nothing else"): another scanner on the same sockets, counted in full.
+        addr4, _ = CONTROLS["c1"]
+        for options, ports, proto in ((["-sS"], "1,79", "tcp"), (["-sU"], "161,31337", "udp")):
+            positive_control(lab, journald, stealth, stealth.cursor,  # type: ignore[attr-defined]
+                             f"{lab.prefix}-c1", [*options, "-p", ports, VICTIM4], addr4, proto, 2)
         tcp, udp = alerts(journald, stealth, src=STEALTH4, proto="tcp"), alerts(journald, stealth,
                                                                               src=STEALTH4, proto="udp")
         assert {e["PORTSENTRY_MODE"] for e in tcp} == {"stcp"} and max_count(tcp) == 4

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
+from ci import skip_or_fail
 from pristine import copy_pristine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,10 +18,7 @@ SYSTEM_CONF = Path("/etc/fail2ban")
 def f2b_confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Debian's pristine /etc/fail2ban (for common.conf; tests/pristine.py) with our filters copied over it."""
     if shutil.which("fail2ban-regex") is None or not (SYSTEM_CONF / "filter.d/common.conf").exists():
-        message = "fail2ban is not installed (tools/setup-env installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("fail2ban is not installed (tools/setup-env installs it)")
     confdir = copy_pristine(tmp_path_factory.mktemp("f2b") / "fail2ban")
     for sub in ("filter.d", "action.d"):
         for item in sorted((PACK / sub).glob("*")):

@@ -1,7 +1,7 @@
 """The built package and its unit, checked without installing: lintian, systemd-analyze.
 
 Issue 5, done-when 1 and 2: ``lintian --pedantic`` reports no error and no
-warning (each override carries a reason), and the shipped unit's exposure
+warning (and no override file hides one), and the shipped unit's exposure
 score from ``systemd-analyze security --offline=true`` is 2.0 or better.
 """
 
@@ -31,14 +31,10 @@ def test_lintian_pedantic_reports_no_error_and_no_warning(deb: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_every_lintian_override_carries_a_reason() -> None:
-    for path in DEBIAN.glob("*lintian-overrides"):
-        previous = ""
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if line.strip() and not line.startswith("#"):
-                assert previous.startswith("#") and len(previous) > 10, \
-                    f"{path.name}:{number}: override without a one-line '# reason' above it"
-            previous = line
+def test_no_lintian_override_hides_a_tag() -> None:
+    """The package passes lintian --pedantic as it is: no override file anywhere under debian/."""
+    overrides = sorted(str(p.relative_to(DEBIAN)) for p in DEBIAN.rglob("*lintian-overrides*"))
+    assert overrides == [], f"lintian override files (fix the tag instead): {overrides}"
 
 
 def exposure(unit: Path) -> float:

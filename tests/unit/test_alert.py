@@ -54,7 +54,8 @@ def test_hostname_is_last_and_inert(name: str) -> None:
 
 
 @pytest.mark.parametrize("bad", [dict(src="x"), dict(dst="1.2.3"), dict(proto="icmp"), dict(scan="ping"),
-                                 dict(dport=70000), dict(count=0), dict(mode="a b")])
+                                 dict(dport=70000), dict(dport=65536), dict(dport=-1), dict(count=0),
+                                 dict(mode="a b")])
 def test_invalid_records_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         format_alert(alert(**bad))
@@ -62,3 +63,26 @@ def test_invalid_records_refused(bad: dict[str, object]) -> None:
 
 def test_admin_lines_never_say_attackalert() -> None:
     assert format_admin("started").startswith("adminalert: ")
+
+
+@pytest.mark.parametrize("edge", [dict(dport=0), dict(dport=65535), dict(count=1)])
+def test_records_at_the_edges_are_accepted(edge: dict[str, object]) -> None:
+    message, fields = format_alert(alert(**edge))
+    assert all(f"{key}={value}" in message and fields[f"PORTSENTRY_{key.upper()}"] == str(value)
+               for key, value in edge.items())
+
+
+def test_priorities_and_facility_are_syslogs_numbers() -> None:
+    import syslog
+
+    from sensor.alert import FACILITY_DAEMON, PRIORITY_ERR, PRIORITY_NOTICE, PRIORITY_WARNING
+    assert (PRIORITY_NOTICE, PRIORITY_WARNING, PRIORITY_ERR) == (syslog.LOG_NOTICE, syslog.LOG_WARNING,
+                                                                 syslog.LOG_ERR)
+    assert FACILITY_DAEMON == syslog.LOG_DAEMON >> 3
+    assert format_alert(alert())[1]["SYSLOG_FACILITY"] == str(syslog.LOG_DAEMON >> 3)
+
+
+def test_a_hostname_is_cut_at_253_characters() -> None:
+    """253: the longest DNS name; anything longer is not a name we looked up."""
+    message, _ = format_alert(alert(hostname="a" * 300))
+    assert message.endswith(" host=" + "a" * 253)

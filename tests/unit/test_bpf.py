@@ -58,6 +58,61 @@ def test_port_ranges_merge_closest_ranges_above_the_limit() -> None:
     assert bpf.port_ranges(ports, limit=3) == [(1, 3), (10, 12), (100, 100)]
 
 
+def test_port_ranges_merge_the_smallest_gaps_measured_between_ranges() -> None:
+    """The gap is next range's low minus this range's high, and the last gap counts too."""
+    assert bpf.port_ranges({1, 10, 12}, limit=2) == [(1, 1), (10, 12)]
+    assert bpf.port_ranges({1, *range(3, 21), 25}, limit=2) == [(1, 20), (25, 25)]
+    assert bpf.port_ranges({*range(1, 11), 12, 20}, limit=2) == [(1, 12), (20, 20)]
+
+
+def test_the_program_in_the_kernels_own_numbers() -> None:
+    """Opcodes as linux/filter.h and ``tcpdump -dd`` write them: an oracle independent of
+    bpf.py's constants, which the simulator shares (so only this test, or the kernel, can
+    tell a wrong constant from a right one)."""
+    program = bpf.build_filter("tcp", {135, 136, 137, 1000}, ipv4_header=True, loopback_ifindex=1)
+    expected = [
+        (0x20, 0, 0, 0xFFFFF008),   # ld  #ifindex  (SKF_AD_OFF + SKF_AD_IFINDEX)
+        (0x15, 0, 1, 1),            # jeq #1 (loopback)
+        (0x06, 0, 0, 0),            # ret #0
+        (0x20, 0, 0, 16),           # ld  [16]  (IPv4 destination)
+        (0x35, 0, 1, 0xE0000000),   # jge #224.0.0.0
+        (0x06, 0, 0, 0),            # ret #0
+        (0xB1, 0, 0, 0),            # ldxb 4*([0]&0xf)
+        (0x50, 0, 0, 13),           # ldb [x + 13]  (TCP flags)
+        (0x45, 0, 1, 0x14),         # jset #ACK|RST
+        (0x06, 0, 0, 0),            # ret #0
+        (0x48, 0, 0, 2),            # ldh [x + 2]  (destination port)
+        (0x25, 3, 0, 137), (0x35, 0, 1, 135), (0x06, 0, 0, 256), (0x06, 0, 0, 0),
+        (0x25, 3, 0, 1000), (0x35, 0, 1, 1000), (0x06, 0, 0, 256), (0x06, 0, 0, 0),
+        (0x06, 0, 0, 0),            # ret #0
+    ]
+    assert [(i.code, i.jt, i.jf, i.k) for i in program] == expected
+    assert bpf.encode(program) == b"".join(struct.pack("=HBBI", *insn) for insn in expected)
+    six = bpf.build_filter("udp", {53}, ipv4_header=False)
+    assert [(i.code, i.jt, i.jf, i.k) for i in six] == [
+        (0x28, 0, 0, 2), (0x25, 3, 0, 53), (0x35, 0, 1, 53), (0x06, 0, 0, 256), (0x06, 0, 0, 0),
+        (0x06, 0, 0, 0)]
+    assert bpf.MAX_INSNS == 4096   # BPF_MAXINSNS
+    assert bpf.simulate(program, v4_tcp(135, SYN)) == 256           # any interface but loopback
+    assert bpf.simulate(program, v4_tcp(135, SYN), ifindex=1) == 0
+    assert bpf.simulate(program, v4_tcp(135, SYN)[:10]) == 0        # truncated: exactly 0, not "false"
+
+
+def test_a_program_of_exactly_max_insns_is_built_and_one_more_range_is_refused() -> None:
+    """tcp over IPv4 with the loopback check: 12 + 4 per range; 1021 ranges make 4096 instructions."""
+    ports = range(1, 2 * 1022, 2)
+    assert len(bpf.build_filter("tcp", ports[:1021], True, 1, max_ranges=1021)) == bpf.MAX_INSNS
+    with pytest.raises(ValueError, match="too long"):
+        bpf.build_filter("tcp", ports, True, 1, max_ranges=1022)
+
+
+def test_a_packet_that_ends_right_after_the_port_is_judged() -> None:
+    """The IPv6 program reads the port at bytes 2-3: four bytes of transport header are enough."""
+    program = bpf.build_filter("udp", {53}, ipv4_header=False)
+    assert accepted(program, struct.pack("!HH", 40000, 53))
+    assert not accepted(program, struct.pack("!HB", 40000, 0))
+
+
 def test_advanced_plan_program_is_small() -> None:
     services = set(range(1000, 4000, 100))  # 30 listening ports -> 31 watched ranges
     program = bpf.build_filter("tcp", set(range(1, 65536)) - services, ipv4_header=True, loopback_ifindex=1)

@@ -13,6 +13,7 @@ import socket
 import struct
 
 import pytest
+from ci import skip_or_fail
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -69,6 +70,9 @@ def test_unknown_flag_combinations_carry_their_flags() -> None:
     Packet("198.51.100.7", "192.0.2.255", "tcp", 40000, 135, SYN),        # not one of our addresses
     Packet("127.0.0.1", "127.0.0.1", "tcp", 40000, 135, SYN),             # loopback
     Packet("::1", "2001:db8::1", "tcp", 40000, 135, SYN),
+    Packet("127.0.0.2", "192.0.2.1", "tcp", 40000, 135, SYN),             # loopback, not in LOCAL
+    Packet("::ffff:127.0.0.1", "2001:db8::1", "tcp", 40000, 135, SYN),    # IPv4-mapped loopback
+    Packet("::ffff:7f00:2", "2001:db8::1", "tcp", 40000, 135, SYN),       # (as Python 3.11 writes it)
     Packet("192.0.2.1", "192.0.2.1", "tcp", 40000, 135, SYN),             # ourselves
 ])
 def test_packets_that_are_not_probes_are_ignored(packet: Packet) -> None:
@@ -150,9 +154,15 @@ def test_kernel_drops_are_read_for_our_sockets_only() -> None:
     assert parse_raw_drops(RAW_TABLE, set()) == 0
 
 
-@pytest.mark.skipif(not RawCapture.is_supported(), reason="needs CAP_NET_RAW")
+def require_raw_sockets() -> None:
+    """Skip without CAP_NET_RAW, but fail in CI (where tests run as root)."""
+    if not RawCapture.is_supported():
+        skip_or_fail("needs CAP_NET_RAW (run as root)")
+
+
 def test_sockets_follow_the_plan_and_close_on_stop() -> None:
     """Opens raw sockets for the raw modes in the plan (receive only: nothing is sent)."""
+    require_raw_sockets()
     async def scenario() -> list[int]:
         raw = RawCapture(lambda probe: None)
         raw.start(asyncio.get_running_loop())
@@ -250,8 +260,8 @@ def test_socket_failures_are_warnings_not_crashes(monkeypatch: pytest.MonkeyPatc
     assert asyncio.run(scenario()) == 0
 
 
-@pytest.mark.skipif(not RawCapture.is_supported(), reason="needs CAP_NET_RAW")
 def test_a_refused_filter_closes_that_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    require_raw_sockets()
     import sensor.capture as capture_module
 
     def refuse(sock: socket.socket, program: object) -> None:

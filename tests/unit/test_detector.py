@@ -92,3 +92,60 @@ def test_big_scan_uses_a_bitmap_and_counts_exactly() -> None:
         detector.observe(probe(port), 1)
     window = detector.windows[("198.51.100.7", "tcp")]
     assert window.count == 65535 and window.bitmap is not None and not window.small
+
+
+def test_a_window_ends_exactly_scan_window_seconds_after_its_first_probe() -> None:
+    """A probe at started + scan_window opens a new window (reported again), not one second later."""
+    detector = make(scan_window=10)
+    assert len(detector.observe(probe(1), 5.0)) == 1
+    assert detector.observe(probe(2), 14.999) == []                          # still the first window
+    again = detector.observe(probe(3), 15.0)
+    assert [(a.summary, a.count) for a in again] == [(True, 2), (False, 1)]  # closed, then new
+
+
+def test_flush_closes_a_window_exactly_at_its_end() -> None:
+    detector = make(scan_window=10, summary_interval=100, summary_max_lines=2)
+    detector.observe(probe(1), 0.0)
+    detector.observe(probe(2), 1.0)
+    assert detector.flush(9.999) == [] and len(detector) == 1
+    closing = detector.flush(10.0)
+    assert [(a.summary, a.count, a.window) for a in closing] == [(True, 2, 10)] and len(detector) == 0
+
+
+def test_the_detectors_defaults_are_the_configs() -> None:
+    """Tests (and any caller) that rely on DetectorSettings() get what an empty config gives."""
+    from sensor.config import Config
+    from sensor.daemon import detector_settings
+    assert DetectorSettings() == detector_settings(Config())
+
+
+def test_intervals_and_windows_are_measured_from_their_own_start() -> None:
+    """A clock far from zero: the summary interval counts from the last line, the window from its start."""
+    detector = make(scan_window=100, summary_interval=5, summary_max_lines=3)
+    assert len(detector.observe(probe(1), 1000.0)) == 1
+    detector.observe(probe(2), 1001.0)
+    assert detector.flush(1004.999) == []                      # the interval is not over
+    summary = detector.flush(1005.0)                            # exactly one interval after the first line
+    assert [(a.summary, a.count, a.window) for a in summary] == [(True, 2, 5)]
+    detector.observe(probe(3), 1006.0)
+    assert detector.flush(1009.999) == []                      # less than an interval after that line
+    assert [(a.count, a.window) for a in detector.flush(1010.0)] == [(3, 10)]
+    assert detector.flush(1099.0) == [] and len(detector) == 1
+    assert detector.flush(1100.0) == [] and len(detector) == 0  # closed, nothing new to say
+
+
+def test_a_summary_right_after_the_first_line_says_one_second() -> None:
+    detector = make(summary_interval=0.1, summary_max_lines=3)
+    detector.observe(probe(1), 50.0)
+    detector.observe(probe(2), 50.1)
+    assert [(a.count, a.window) for a in detector.flush(50.2)] == [(2, 1)]
+
+
+def test_a_summary_names_the_last_new_port_not_a_repeated_one() -> None:
+    for ports in ([1, 2], list(range(1, 100))):               # a small set, then a bitmap
+        detector = make(summary_interval=1, summary_max_lines=3)
+        for port in ports:
+            detector.observe(probe(port), 0)
+        assert detector.observe(probe(1), 0.5) == []           # a port it touched already
+        (summary,) = detector.flush(1)
+        assert (summary.dport, summary.count) == (ports[-1], len(ports))

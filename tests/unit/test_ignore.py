@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from sensor.ignore import (
     IgnoreFileError,
     IgnoreList,
+    local_addresses,
+    local_networks,
     parse_fib_trie,
     parse_if_inet6,
     parse_ignore,
@@ -40,6 +42,8 @@ Local:
         /32 host LOCAL
 """
 IF_INET6 = """00000000000000000000000000000001 01 80 10 80       lo
+
+fe80 02 40 20 80     truncated
 20010db8000000000000000000000001 02 40 00 80     eth0
 """
 
@@ -178,3 +182,30 @@ def test_host_addresses_with_a_large_list() -> None:
     for address in ("127.0.0.1", "::1", "192.0.2.1", "2001:db8::1", "198.51.0.3", "198.51.156.63"):
         assert address in ignore, address
     assert "198.51.156.64" not in ignore and "192.0.2.2" not in ignore
+
+
+def test_host_bits_are_accepted_and_only_the_bare_unspecified_address_is_skipped() -> None:
+    ignore = IgnoreList.build(parse_ignore("192.0.2.77/24\n0.0.0.0\n::\n", "f"), [])
+    assert "192.0.2.5" in ignore and "198.51.100.7" not in ignore and "2001:db8::7" not in ignore
+    everything = IgnoreList.build(parse_ignore("0.0.0.0/0\n::/0\n", "f"), [])
+    assert "198.51.100.7" in everything and "2001:db8::7" in everything
+
+
+def test_a_long_bad_entry_is_shown_cut_at_60_characters() -> None:
+    with pytest.raises(IgnoreFileError) as caught:
+        parse_ignore("x" * 100, "f")
+    assert str(caught.value) == f"f:1: IGNORE_FILE: '{'x' * 60}' is not an address or CIDR"
+
+
+def test_fib_trie_without_a_leaf_before_local_yields_nothing() -> None:
+    assert parse_fib_trie("Main:\n        /32 host LOCAL\n") == []
+
+
+def test_local_addresses_come_from_both_proc_files(tmp_path: Path) -> None:
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "fib_trie").write_text(FIB_TRIE)
+    (tmp_path / "net" / "if_inet6").write_text(IF_INET6)
+    assert [str(a) for a in local_addresses(str(tmp_path))] == ["127.0.0.1", "192.0.2.1", "::1", "2001:db8::1"]
+    ignore = IgnoreList.build([], local_networks(str(tmp_path)))
+    assert "192.0.2.1" in ignore and "2001:db8::1" in ignore and "192.0.2.2" not in ignore
+    assert local_addresses(str(tmp_path / "none")) == ()

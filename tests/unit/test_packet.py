@@ -135,6 +135,10 @@ def test_parse_ip_dispatches_on_version() -> None:
     b"\x41" + ipv4(tcp(80, SYN), 6)[1:],              # IHL 1
     b"\x4f" + ipv4(tcp(80, SYN), 6)[1:],              # IHL 15, header longer than the packet
     ipv4(tcp(80, SYN, offset=2), 6),                  # TCP data offset 2
+    ipv4(tcp(80, SYN, offset=4), 6),                  # TCP data offset 4 (one below the minimum)
+    ipv4(tcp(80, SYN), 6, frag=0x0001),               # fragment offset 1 (8 bytes in)
+    b"\x55" + ipv4(tcp(80, SYN), 6)[1:],              # IP version 5
+    ipv6(b"", 0, first=0),                            # a hop-by-hop header announced, none there
     ipv6(tcp(80, SYN), 6)[:50],
     ipv6(b"", 59),                                    # no next header
     ipv6(struct.pack("!BBHI", 6, 0, 0x0100, 7) + tcp(80, SYN), 6, first=44),  # later fragment
@@ -182,3 +186,52 @@ def test_classification_is_total_over_all_flag_bytes(flags: int) -> None:
     else:
         assert kind is not None and kind.scan in ("syn", "fin", "null", "xmas", "unknown")
         assert (kind.scan == "unknown") == bool(kind.flags)
+
+
+def test_headers_at_exactly_their_minimum_length_and_one_byte_short() -> None:
+    assert parse_transport(tcp(80, SYN), 6, SRC4, DST4).dport == 80               # 20-byte TCP header
+    with pytest.raises(Malformed):
+        parse_transport(tcp(80, SYN)[:19], 6, SRC4, DST4)
+    header = udp(53)[:8]                                                           # 8-byte UDP header
+    assert parse_transport(header, 17, SRC4, DST4) == Packet(SRC4, DST4, "udp", 40000, 53)
+    with pytest.raises(Malformed):
+        parse_transport(header[:7], 17, SRC4, DST4)
+    packet = ipv4(header, 17)                                                      # total length 28
+    assert parse_ipv4(packet).dport == 53
+    with pytest.raises(Malformed):                                                 # total length 27
+        parse_ipv4(packet[:2] + struct.pack("!H", 27) + packet[4:])
+
+
+def test_udp_carries_no_flags_and_only_tcp_or_udp_is_classified() -> None:
+    assert parse_ipv4(ipv4(udp(53), 17)).flags == 0
+    assert classify("icmp", 0) is None and classify("sctp", SYN) is None
+
+
+def test_routing_and_longer_option_headers_are_stepped_over_by_their_length() -> None:
+    routing = bytes([60, 1, 0, 0]) + bytes(12)                  # 16 bytes (length 1) -> destination options
+    dest_opts = bytes([6, 2, 1, 20]) + bytes(20)                # 24 bytes (length 2) -> TCP
+    packet = parse_ipv6(ipv6(tcp(993, SYN, sport=51000), 6, ext=routing + dest_opts, first=43))
+    assert (packet.sport, packet.dport, packet.flags) == (51000, 993, SYN)
+
+
+def test_an_authentication_header_is_stepped_over_by_its_own_length_unit() -> None:
+    """AH counts its length in 4-byte words minus 2 (RFC 4302), not in 8-byte units."""
+    auth = bytes([6, 4, 0, 0]) + bytes(20)                      # (4 + 2) * 4 = 24 bytes -> TCP
+    packet = parse_ipv6(ipv6(tcp(25, FIN, sport=52000), 6, ext=auth, first=51))
+    assert (packet.sport, packet.dport, packet.flags) == (52000, 25, FIN)
+
+
+def test_up_to_seven_extension_headers_are_walked_and_eight_are_refused() -> None:
+    def chain(count: int) -> bytes:
+        return b"".join(bytes([60 if i < count - 1 else 6, 0]) + bytes(6) for i in range(count))
+    assert parse_ipv6(ipv6(tcp(80, SYN), 6, ext=chain(7), first=60)).dport == 80
+    with pytest.raises(Malformed):
+        parse_ipv6(ipv6(tcp(80, SYN), 6, ext=chain(8), first=60))
+
+
+def test_each_family_parser_checks_the_version_nibble() -> None:
+    six = ipv6(tcp(80, SYN), 6)
+    with pytest.raises(Malformed):
+        parse_ipv6(b"\x40" + six[1:])             # an IPv6 layout that says version 4
+    with pytest.raises(Malformed):
+        parse_ipv4(b"\x65" + ipv4(tcp(80, SYN), 6)[1:])
