@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+from ci import in_ci
 
 if importlib.util.find_spec("fail2ban") is None:
-    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+    if in_ci():
         raise ImportError("fail2ban is not installed in CI (tools/setup-env installs it)")
     pytest.skip("fail2ban is not installed (tools/setup-env installs it)", allow_module_level=True)
 from fail2ban.server.banmanager import BanManager

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from ci import in_ci
 from f2b_harness import (
     HarnessRun,
     Sample,
@@ -32,11 +33,6 @@ from pristine import NotPristine
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE / "samples" / "portsentry-sensor"
 FILTER = HERE.parents[1] / "fail2ban" / "filter.d" / "portsentry-sensor.conf"
-
-
-def in_ci() -> bool:
-    """True in CI, where a missing prerequisite fails instead of skipping."""
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 def harness(work: Path, sample: Path = SAMPLE, root: Path | None = None) -> HarnessRun:
