@@ -34,8 +34,8 @@
 #
 # Parameters (all optional): name (portsentry), port (0:65535, all ports only),
 # protocol (tcp,udp), blocktype (reject), table (f2b-table), table_family (inet),
-# chain (f2b-chain), chain_priority (-1), batch_delay (0.005 s, 0..1).  Written and tested against fail2ban 1.0.2 (Debian 12)
-# and python3-nftables 1.0.6.
+# chain (f2b-chain), chain_priority (-1), batch_delay (0.005 s, 0..1).
+# Written and tested against fail2ban 1.0.2 (Debian 12) and python3-nftables 1.0.6.
 
 import ipaddress
 import json
@@ -55,6 +55,17 @@ _PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")
 _BLOCKTYPES = ("reject", "drop")
 # The jail passes port= (so that banaction can be swapped with the stock action); all ports only.
 ALL_PORTS = ("", "0:65535", "1:65535", "all")
+
+
+def _number(text, kind, low, high, error):
+    """``kind(text)`` within [low, high], else raise ``error``."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise error from None
+    if not low <= value <= high:
+        raise error
+    return value
 
 
 class NftError(RuntimeError):
@@ -91,36 +102,29 @@ class PortsentryNft(ActionBase):
     def _parse(name="portsentry", protocol="tcp,udp", blocktype="reject", table="f2b-table",
                table_family="inet", chain="f2b-chain", chain_priority="-1", port="0:65535",
                batch_delay="0.005", **unknown):
+        def bad(key, value, why):
+            return ValueError(f"portsentry-nft: {key}={value!r}: {why}")
         if unknown:
-            raise ValueError("portsentry-nft: unknown parameter(s): %s" % ", ".join(sorted(unknown)))
+            raise ValueError(f"portsentry-nft: unknown parameter(s): {', '.join(sorted(unknown))}")
         for key, value in (("name", name), ("table", table), ("chain", chain)):
             if not _WORD.match(str(value)):
-                raise ValueError("portsentry-nft: %s=%r is not a plain nft name" % (key, value))
+                raise bad(key, value, "not a plain nft name")
         protos = [p.strip() for p in str(protocol).split(",") if p.strip()]
         if not protos or any(p not in _PROTOCOLS for p in protos):
-            raise ValueError("portsentry-nft: protocol=%r: a comma list of %s" % (protocol, ", ".join(_PROTOCOLS)))
+            raise bad("protocol", protocol, f"a comma list of {', '.join(_PROTOCOLS)}")
         if blocktype not in _BLOCKTYPES:
-            raise ValueError("portsentry-nft: blocktype=%r: one of %s" % (blocktype, ", ".join(_BLOCKTYPES)))
+            raise bad("blocktype", blocktype, f"one of {', '.join(_BLOCKTYPES)}")
         if str(port).replace("-", ":").strip() not in ALL_PORTS:
-            raise ValueError("portsentry-nft: port=%r: this action blocks all ports (0:65535)" % (port,))
+            raise bad("port", port, "this action blocks all ports (0:65535)")
         if table_family != "inet":
-            raise ValueError("portsentry-nft: table_family=%r: only inet (IPv4 and IPv6 in one table)"
-                             % (table_family,))
-        try:
-            priority = int(chain_priority)
-        except ValueError:
-            raise ValueError("portsentry-nft: chain_priority=%r is not an integer" % (chain_priority,)) from None
-        try:
-            delay = float(batch_delay)
-        except ValueError:
-            delay = -1.0
-        if not 0 <= delay <= 1:
-            raise ValueError("portsentry-nft: batch_delay=%r: seconds, 0 to 1" % (batch_delay,))
+            raise bad("table_family", table_family, "only inet (IPv4 and IPv6 in one table)")
         return {
-            "delay": delay,
-            "table": "%s %s" % (table_family, table), "chain": chain, "priority": priority,
-            "sets": {4: "addr-set-%s" % name, 6: "addr6-set-%s" % name},
-            "match": "meta l4proto { %s }" % ", ".join(protos), "blocktype": blocktype,
+            "delay": _number(batch_delay, float, 0, 1, bad("batch_delay", batch_delay, "seconds, 0 to 1")),
+            "table": f"{table_family} {table}", "chain": chain,
+            "priority": _number(chain_priority, int, -1000, 1000, bad("chain_priority", chain_priority,
+                                                                       "an integer")),
+            "sets": {4: f"addr-set-{name}", 6: f"addr6-set-{name}"},
+            "match": f"meta l4proto {{ {', '.join(protos)} }}", "blocktype": blocktype,
         }
 
     def clearAllParams(self):
@@ -161,7 +165,7 @@ class PortsentryNft(ActionBase):
             self._nft.set_json_output(True)
             self._nft.set_handle_output(True)
             try:
-                rc, out, _ = self._nft.cmd("list chain %s %s" % (conf["table"], conf["chain"]))
+                rc, out, _ = self._nft.cmd(f"list chain {conf['table']} {conf['chain']}")
             finally:
                 self._nft.set_json_output(False)
                 self._nft.set_handle_output(False)
@@ -170,38 +174,30 @@ class PortsentryNft(ActionBase):
         found = []
         for item in json.loads(out).get("nftables", []):
             rule = item.get("rule")
-            if not rule:
-                continue
-            text = json.dumps(rule.get("expr", []))
-            for setname in conf["sets"].values():
-                if '"@%s"' % setname in text:
-                    found.append((rule["handle"], setname))
+            text = json.dumps(rule.get("expr", [])) if rule else ""
+            found += [(rule["handle"], setname) for setname in conf["sets"].values() if f'"@{setname}"' in text]
         return found
 
     def start(self):
         """Create table, chain, both sets and their rules (keeping what a crash left behind)."""
         conf = self._conf
-        lines = ["add table %s" % conf["table"],
-                 "add chain %s %s { type filter hook input priority %d ; }"
-                 % (conf["table"], conf["chain"], conf["priority"])]
-        for family, setname in conf["sets"].items():
-            lines.append("add set %s %s { type %s ; }"
-                         % (conf["table"], setname, "ipv4_addr" if family == 4 else "ipv6_addr"))
+        table, chain = conf["table"], conf["chain"]
+        lines = [f"add table {table}",
+                 f"add chain {table} {chain} {{ type filter hook input priority {conf['priority']} ; }}"]
+        lines += [f"add set {table} {setname} {{ type {'ipv4_addr' if family == 4 else 'ipv6_addr'} ; }}"
+                  for family, setname in conf["sets"].items()]
         self._cmd("\n".join(lines))
         present = {setname for _, setname in self._rules()}
-        rules = []
-        for family, setname in conf["sets"].items():
-            if setname not in present:
-                rules.append("add rule %s %s %s %s saddr @%s %s"
-                             % (conf["table"], conf["chain"], conf["match"], "ip" if family == 4 else "ip6",
-                                setname, conf["blocktype"]))
+        rules = [f"add rule {table} {chain} {conf['match']} {'ip' if family == 4 else 'ip6'} saddr @{setname} "
+                 f"{conf['blocktype']}" for family, setname in conf["sets"].items() if setname not in present]
         if rules:
             self._cmd("\n".join(rules))
         self._started = True
         with self._queue_cond:
             self._running = True
-        self._committer = threading.Thread(target=self._commit_loop, name="f2b/portsentry-nft", daemon=True)
-        self._committer.start()
+        if self._committer is None or not self._committer.is_alive():
+            self._committer = threading.Thread(target=self._commit_loop, name="f2b/portsentry-nft", daemon=True)
+            self._committer.start()
 
     def stop(self):
         """Remove our rules and sets; the table too when no other set is left in it (as the stock action)."""
@@ -213,21 +209,21 @@ class PortsentryNft(ActionBase):
             self._committer.join(5)
             self._committer = None
         conf = self._conf
-        lines = ["delete rule %s %s handle %d" % (conf["table"], conf["chain"], handle)
-                 for handle, _ in self._rules()]
+        table = conf["table"]
+        lines = [f"delete rule {table} {conf['chain']} handle {handle}" for handle, _ in self._rules()]
         out = self._list_table()
-        for setname in conf["sets"].values():
-            if re.search(r"^\s*set %s \{" % re.escape(setname), out, re.M):
-                lines.append("delete set %s %s" % (conf["table"], setname))
+        lines += [f"delete set {table} {setname}" for setname in conf["sets"].values()
+                  if re.search(rf"^\s*set {re.escape(setname)} \{{", out, re.M)]
         if lines:
             self._cmd("\n".join(lines))
-        if not re.search(r"^\s+set\s+", self._list_table(), re.M) and self._list_table():
-            self._cmd("delete table %s" % conf["table"])
+        out = self._list_table()
+        if out and not re.search(r"^\s+set\s+", out, re.M):
+            self._cmd(f"delete table {table}")
         self._started = False
 
     def _list_table(self):
         with self._lock:
-            rc, out, _ = self._nft.cmd("list table %s" % self._conf["table"])
+            rc, out, _ = self._nft.cmd(f"list table {self._conf['table']}")
         return out if rc == 0 else ""
 
     @staticmethod
@@ -242,7 +238,7 @@ class PortsentryNft(ActionBase):
             addr, family = self._address(fid)
             by_family[family].append(addr)
         conf = self._conf
-        return ["%s element %s %s { %s }" % (verb, conf["table"], conf["sets"][family], ", ".join(addrs))
+        return [f"{verb} element {conf['table']} {conf['sets'][family]} {{ {', '.join(addrs)} }}"
                 for family, addrs in by_family.items() if addrs]
 
     # -- batching -------------------------------------------------------------
@@ -334,7 +330,7 @@ class PortsentryNft(ActionBase):
         """Empty both sets in one transaction (fail2ban's stop and `unban --all`); True: done."""
         self._drain()
         conf = self._conf
-        self._cmd("\n".join("flush set %s %s" % (conf["table"], setname) for setname in conf["sets"].values()))
+        self._cmd("\n".join(f"flush set {conf['table']} {setname}" for setname in conf["sets"].values()))
         return True
 
 
