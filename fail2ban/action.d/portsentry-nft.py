@@ -11,7 +11,10 @@
 # fail2ban's "Ban" line.  unban(), flush(), stop() and a reload first wait until
 # every queued ban is committed, so nothing overtakes a ban (an unbanip right after a
 # banip removes the address).  A failed batch is retried address by address, so one
-# bad element cannot keep the others out; every failure is logged.
+# bad element cannot keep the others out; every failure is logged.  When the table,
+# a set or a rule is gone (`nft flush ruleset`, a firewall reload), the next ban or
+# fail2ban's consistency check (a banned address seen again) rebuilds them and re-adds
+# every current ban, as the stock action's actioncheck does.
 #
 # It builds exactly what the stock action builds, so the two are interchangeable
 # and everything that names them keeps working (the README, `nft list`, a switch
@@ -269,6 +272,8 @@ class PortsentryNft(ActionBase):
                 batch, self._queue = self._queue, []
             try:
                 self._commit([addr for addr, _ in batch])
+            except Exception as exc:  # never let the committer die: later bans would wait forever
+                self._logSys.error("[%s] %d bans failed: %s", self._jail.name, len(batch), exc)
             finally:
                 with self._queue_cond:
                     self._done += len(batch)
@@ -283,6 +288,8 @@ class PortsentryNft(ActionBase):
             self._cmd("\n".join(lines))
             return
         except NftError as exc:
+            if "No such file or directory" in str(exc) and self._repair():
+                return  # the repair re-added every current ban, these included
             if len(addresses) == 1:
                 self._logSys.error("[%s] ban of %s failed: %s", self._jail.name, addresses[0], exc)
                 return
@@ -306,6 +313,37 @@ class PortsentryNft(ActionBase):
                                        self._jail.name, target - self._done, timeout)
                     return
                 self._queue_cond.wait(left)
+
+    # -- repair -------------------------------------------------------------
+    def _intact(self):
+        return len(self._rules()) == len(self._conf["sets"])
+
+    def _repair(self):
+        """Table, set or rule gone (`nft flush ruleset`, a firewall reload): rebuild, re-add current bans.
+
+        What the stock action's actioncheck/repair does, without its ban epochs (those
+        need every action of the jail to have one; portsentry-escalate.py has none).
+        """
+        if self._intact():
+            return False
+        current = [ticket.getID() for ticket in self._jail.actions.banManager]
+        self._logSys.error("[%s] nftables table, set or rule of this jail is gone; restoring it and %d bans",
+                           self._jail.name, len(current))
+        self.start()
+        lines = self._elements("add", current)
+        if lines:
+            self._cmd("\n".join(lines))
+        return True
+
+    def consistencyCheck(self, beforeRepair=None):
+        """Called by fail2ban when a banned address shows up again (and before a flush fails over)."""
+        if self._intact():
+            return True
+        if beforeRepair is not None and not beforeRepair():
+            return False
+        self._drain()
+        self._repair()
+        return True
 
     # -- fail2ban's action API ----------------------------------------------
     def ban(self, aInfo):

@@ -5,7 +5,7 @@ test .local choosing ``banaction = portsentry-nft.py`` explicitly (so this test
 covers the action whatever the shipped default is), and the real kernel's
 nftables in that namespace.  The sensor's alerts ban the attacker: the address
 is in the set and its TCP and UDP traffic is rejected; ``unbanip`` removes it;
-IPv6 alike.  Thousands of forged addresses banned at once all land in the set
+IPv6 alike.  A flushed ruleset is rebuilt with every current ban.  Thousands of forged addresses banned at once all land in the set
 and survive a fail2ban restart (fail2ban re-bans restored tickets through the
 action); ``unban --all`` empties the sets; the escalation ladder still ends in a
 permanent ban that a restart keeps; a stop leaves no table behind.  The chain
@@ -143,6 +143,22 @@ def test_ipv6_attacker_is_banned_and_unbanned(stack: Stack) -> None:
     assert ATTACKER4 not in stack.f2b.nft_set(4)
     unbanip(stack, ATTACKER6)
     assert_free(stack, ATTACKER6)
+
+
+def test_a_firewall_reload_that_flushes_the_ruleset_is_repaired_on_the_next_ban(stack: Stack) -> None:
+    """`nft flush ruleset` (what `systemctl reload nftables` does) drops our table; the next ban rebuilds it."""
+    first, second = forged(2)
+    stack.f2b.client("set", "portsentry", "banip", first)
+    stack.f2b.wait_in_set(first)
+    stack.lab.run_victim(["nft", "flush", "ruleset"], check=True)
+    assert stack.f2b.nft_set(4) == set()
+    stack.f2b.client("set", "portsentry", "banip", second)
+    stack.f2b.wait_in_set(second)
+    assert {first, second} <= stack.f2b.nft_set(4), "the repair did not re-add the current bans"
+    assert len(chain_rules(stack)) == 2
+    admin_unbanip(stack, first)
+    admin_unbanip(stack, second)
+    assert stack.f2b.nft_set(4) == set()
 
 
 def test_thousands_of_bans_all_land_and_survive_a_restart(stack: Stack) -> None:

@@ -355,3 +355,31 @@ def test_the_real_module_is_importable_by_the_system_python() -> None:
     module = load_module()
     assert module.nftables is not None, "python3-nftables is not installed (tools/setup-env installs it)"
     assert callable(module.nftables.Nftables)
+
+
+def test_a_flushed_ruleset_is_rebuilt_with_every_current_ban_on_the_next_ban(
+        fake: type[FakeNft], caplog: pytest.LogCaptureFixture) -> None:
+    """`nft flush ruleset` (a firewall reload) took table, sets and rules: the next ban restores them all."""
+    actions, action = jail_actions()
+    actions.addBannedIP(["198.51.100.7", "2001:db8::7"])
+    settle(action)
+    nft_of(action).cmd(f"delete table {TABLE}")
+    actions.addBannedIP("198.51.100.8")
+    settle(action)
+    assert nft_of(action).elements(V4) == {"198.51.100.7", "198.51.100.8"}
+    assert nft_of(action).elements(V6) == {"2001:db8::7"}
+    assert len(nft_of(action).state["rules"]) == 2
+    assert "is gone; restoring it and 3 bans" in caplog.text
+
+
+def test_the_consistency_check_repairs_unless_told_not_to(fake: type[FakeNft]) -> None:
+    """fail2ban calls consistencyCheck() when a banned address shows up again (as for the stock action)."""
+    actions, action = jail_actions()
+    actions.addBannedIP("198.51.100.7")
+    settle(action)
+    assert action.consistencyCheck() is True
+    nft_of(action).cmd(f"delete table {TABLE}")
+    assert action.consistencyCheck(lambda: False) is False
+    assert not nft_of(action).state["table"]
+    assert action.consistencyCheck() is True
+    assert nft_of(action).elements(V4) == {"198.51.100.7"}
