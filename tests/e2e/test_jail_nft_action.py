@@ -5,9 +5,10 @@ test .local choosing ``banaction = portsentry-nft.py`` explicitly (so this test
 covers the action whatever the shipped default is), and the real kernel's
 nftables in that namespace.  The sensor's alerts ban the attacker: the address
 is in the set and its TCP and UDP traffic is rejected; ``unbanip`` removes it;
-IPv6 alike.  A flushed ruleset is rebuilt with every current ban.  Thousands of forged addresses banned at once all land in the set
-and survive a fail2ban restart (fail2ban re-bans restored tickets through the
-action); ``unban --all`` empties the sets; the escalation ladder still ends in a
+IPv6 alike.  A flushed ruleset is rebuilt with every current ban.  Thousands of
+forged addresses banned at once all land in the set and survive a fail2ban
+restart (fail2ban re-bans restored tickets through the action); ``unban --all``
+empties the sets; the escalation ladder still ends in a
 permanent ban that a restart keeps; a stop leaves no table behind.  The chain
 holds the stock ``nftables[type=allports]`` action's rules, so the README's
 ``nft`` commands and a switch back to the stock action keep working.
