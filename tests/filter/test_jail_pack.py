@@ -10,6 +10,7 @@ filter's mode parameter reaching the failregex.
 from __future__ import annotations
 
 import ast
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -83,6 +84,16 @@ def test_shipped_jail(pack_confdir: Path) -> None:
     assert nft["type"] == "allports" and nft["protocol"] == "tcp,udp"
     assert "meta l4proto \\{ tcp,udp \\}" in nft["actionstart"]
     assert nft["addr_set?family=inet6"] == "addr6-set-<name>"
+
+
+def test_local_can_choose_the_libnftables_action(pack_confdir: Path) -> None:
+    """`banaction = portsentry-nft.py` in the .local: loaded by path with the stock action's parameters."""
+    commands = dump(pack_confdir, "[portsentry]\nbanaction = portsentry-nft.py\n")
+    actions = [c[3] for c in commands if c[:3] == ["set", JAIL, "addaction"]]
+    assert actions == ["portsentry-nft", "portsentry-escalate"]
+    nft = next(c for c in commands if c[:4] == ["set", JAIL, "addaction", "portsentry-nft"])
+    assert nft[4].endswith("/action.d/portsentry-nft.py")
+    assert json.loads(nft[5]) == {"name": "portsentry", "port": "0:65535", "protocol": "tcp,udp"}
 
 
 def test_local_replaces_journalmatch_and_sets_mode(pack_confdir: Path) -> None:
