@@ -1,7 +1,9 @@
 """The installed package under a real systemd: the unit, the jail, a scan, a ban.
 
-Issue 5, done-when 5, with the paths the package installs: a fresh bookworm
-root (debootstrap) gets systemd and the source tree, and boots with
+Issue 5, done-when 5, with the paths the package installs, on both Debian
+stables (issue 10: bookworm with systemd 252 and fail2ban 1.0.2, trixie with
+systemd 257 and fail2ban 1.1.0): a fresh root (debootstrap) gets systemd and
+the source tree, and boots with
 systemd-nspawn inside a network namespace this test makes (psK-v), joined by
 a veth pair to an attacker namespace (psK-a).  In it, the README's Quick start
 runs as a user would run it (tools/install: build, apt-get install, fail2ban
@@ -148,7 +150,7 @@ def booted(debian_root: DebianRoot) -> Iterator[Booted]:
 
 
 def test_quick_start_under_systemd_ends_with_the_jail_answering(booted: Booted) -> None:
-    """README Quick start on a fresh Debian 12 with systemd: tools/install, then the jail answers."""
+    """README Quick start on a fresh Debian 12 or 13 with systemd: tools/install, then the jail answers."""
     assert booted.quick_start is not None
     out = booted.quick_start.stdout
     assert booted.quick_start.returncode == 0, out[-4000:]

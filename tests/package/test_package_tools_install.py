@@ -1,6 +1,6 @@
-"""README Quick start: `tools/install` on a fresh Debian 12 without systemd as PID 1.
+"""README Quick start: `tools/install` on a fresh Debian 12 or 13 without systemd as PID 1.
 
-The story: a root on a fresh minbase bookworm (debootstrap), the source tree
+The story: a root on a fresh minbase bookworm or trixie (debootstrap), the source tree
 copied in, `tools/install` run as root.  It builds the .deb there, installs it
 with apt, and ends with the sensor running (started the way the unit would:
 user portsentry-sensor, two capabilities) and `fail2ban-client status
