@@ -93,7 +93,8 @@ def test_the_root_has_the_suites_python_and_fail2ban(debian_root: DebianRoot,
     assert "(3, 13)" in versions and "1.1.0" in versions, versions
 
 
-def test_unit_and_filter_tests_pass_under_the_suites_python(pytest_run: subprocess.CompletedProcess[str]) -> None:
+def test_unit_and_filter_tests_pass_under_the_suites_python(
+        pytest_run: subprocess.CompletedProcess[str]) -> None:
     out = pytest_run.stdout
     assert pytest_run.returncode == 0, out[-6000:]
     summary = out.strip().splitlines()[-1]

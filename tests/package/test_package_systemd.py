@@ -35,6 +35,8 @@ VICTIM, ATTACKER = "psK-v", "psK-a"
 VICTIM_IP, ATTACKER_IP = "192.0.2.1", "192.0.2.2"
 FORGED_IP = "198.51.100.9"
 MACHINE = "pskg-sensor"
+# What each suite must run this story with (major systemd, fail2ban version prefix).
+VERSIONS = {"bookworm": ("252", "1.0.2"), "trixie": ("257", "1.1.0")}
 
 
 @dataclass
@@ -174,6 +176,21 @@ def test_runs_as_the_sensor_user_with_only_two_capabilities(booted: Booted) -> N
     assert fields["NoNewPrivs"].strip() == "1" and fields["Seccomp"].strip() == "2"
     limits = booted.sh(f"cat /proc/{pid}/limits").stdout
     assert re.search(r"^Max open files\s+16384\s+16384", limits, re.M), limits
+
+
+def test_the_story_runs_with_the_suites_systemd_and_fail2ban(booted: Booted) -> None:
+    systemd, fail2ban = VERSIONS[booted.root.suite]
+    assert booted.sh("systemctl --version").stdout.split()[1] == systemd
+    assert booted.sh("dpkg-query -W -f='${Version}' fail2ban").stdout.startswith(fail2ban + "-")
+
+
+def test_unit_security_exposure_is_at_most_2_under_the_suites_systemd(booted: Booted) -> None:
+    """`systemd-analyze security` of the running unit by the suite's systemd (252 on 12, 257 on 13)."""
+    version = booted.sh("systemctl --version").stdout.split()[1]
+    result = booted.sh("systemd-analyze security --no-pager portsentry-sensor.service", check=False)
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
+    assert match, f"no score from systemd {version}:\n{result.stdout}\n{result.stderr}"
+    assert float(match.group(1)) <= 2.0, f"systemd {version}: exposure {match.group(1)} > 2.0"
 
 
 def banned(booted: Booted) -> str:
