@@ -5,7 +5,9 @@ package; here it runs inside each suite's fresh root (debootstrap, from the
 cache, which holds the autopkgtest .deb and our Depends): ``autopkgtest
 --no-built-binaries <tree with debian/> <our .deb> -- null``, the null
 testbed being the root itself (it has nothing else to break).  autopkgtest
-installs the .deb with apt and runs packaging/debian/tests/smoke.
+installs the .deb with apt and runs packaging/debian/tests/smoke.  The
+testbed has no network (``unshare --net``): apt takes our Depends from the
+root's cached .debs, and autopkgtest's closing ``apt-get update`` only warns.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def test_autopkgtest_runs_the_smoke_test_on_the_installed_package(debian_root: D
     summary = root.file("/tmp/apt-out/summary")
     assert summary.exists(), result.stdout[-4000:]
     assert re.search(r"^smoke\s+PASS", summary.read_text(), re.M), summary.read_text() + result.stdout[-4000:]
-    assert result.returncode == 0, result.stdout[-4000:]
+    # 8: "all non-superficial tests were skipped" -- smoke is the only test, and superficial.
+    assert result.returncode in (0, 8), result.stdout[-4000:]
     log = root.file("/tmp/apt-out/log").read_text()
     assert "loads the jail [portsentry]" in log, log[-4000:]

@@ -127,7 +127,7 @@ def test_system_user_exists_without_a_login(installed: Installed) -> None:
 
 def test_unit_is_installed_and_enabled(installed: Installed) -> None:
     root = installed.root
-    assert root.file("/lib/systemd/system/portsentry-sensor.service").is_file()
+    assert root.file("/usr/lib/systemd/system/portsentry-sensor.service").is_file()
     assert root.file("/etc/systemd/system/multi-user.target.wants/portsentry-sensor.service").is_symlink()
 
 

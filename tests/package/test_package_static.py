@@ -55,6 +55,15 @@ def test_debian_13_lintian_reports_no_error_and_no_warning(debian_root: DebianRo
     assert_lintian_clean(result)
 
 
+def test_the_deb_ships_nothing_in_aliased_directories(deb: Path) -> None:
+    """One .deb for 12 and 13: nothing in /lib, /bin, /sbin (13's merged /usr: lintian aliased-location)."""
+    listing = run(["dpkg-deb", "-c", str(deb)]).stdout.splitlines()
+    paths = [line.split()[5] for line in listing]
+    aliased = [p for p in paths if p.startswith(("./lib/", "./bin/", "./sbin/", "./lib64/"))]
+    assert not aliased, aliased
+    assert "./usr/lib/systemd/system/portsentry-sensor.service" in paths
+
+
 def test_every_lintian_override_carries_a_reason() -> None:
     for path in DEBIAN.glob("*lintian-overrides"):
         previous = ""
