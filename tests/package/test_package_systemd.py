@@ -3,8 +3,8 @@
 Issue 5, done-when 5, with the paths the package installs, on both Debian
 stables (issue 10: bookworm with systemd 252 and fail2ban 1.0.2, trixie with
 systemd 257 and fail2ban 1.1.0): a fresh root (debootstrap) gets systemd and
-the source tree, and boots with
-systemd-nspawn inside a network namespace this test makes (psK-v), joined by
+the source tree, and boots with systemd-nspawn inside a network namespace
+this test makes (psK-v), joined by
 a veth pair to an attacker namespace (psK-a).  In it, the README's Quick start
 runs as a user would run it (tools/install: build, apt-get install, fail2ban
 up); systemd starts portsentry-sensor.service (the shipped hardened unit) and
