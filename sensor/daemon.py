@@ -450,6 +450,10 @@ class Sensor:
         self.emitter.retry()
 
 
+# watchdog's event types that mean the file's content may differ ("closed": after a write).
+FILE_CHANGES = frozenset({"created", "deleted", "modified", "moved", "closed"})
+
+
 def start_file_watch(path: str, loop: asyncio.AbstractEventLoop, callback: Any) -> Any:
     """Call ``callback`` in the loop when ``path`` is written, replaced or removed."""
     try:
@@ -461,6 +465,10 @@ def start_file_watch(path: str, loop: asyncio.AbstractEventLoop, callback: Any) 
 
     class Handler(FileSystemEventHandler):  # type: ignore[misc,unused-ignore]
         def on_any_event(self, event: Any) -> None:
+            # Only changes: python3-watchdog 6.0 (Debian 13) also reports "opened" and
+            # "closed_no_write", and our own re-read would then trigger the next one, forever.
+            if getattr(event, "event_type", "") not in FILE_CHANGES:
+                return
             paths = {os.path.realpath(str(getattr(event, a, "") or "")) for a in ("src_path", "dest_path")}
             if target in paths:
                 loop.call_soon_threadsafe(callback)

@@ -14,9 +14,40 @@
 # Keep bantime.maxtime unset in [portsentry]: fail2ban clips restored permanent
 # bans to the jail's maxtime when bantime.increment is on.
 #
+# fail2ban versions: Debian 12 ships 1.0.2 (1.0.2-2), Debian 13 ships 1.1.0
+# (1.1.0-8).  What this action relies on is the same in both (compared file by
+# file, Debian's fail2ban/server/ of each):
+#   - ActionBase(jail, name), self._jail, self._logSys, and the reload protocol
+#     (clearAllParams() then reload(**params) on `fail2ban-client reload`):
+#     server/action.py identical; server/actions.py only adds a "stats" status.
+#   - aInfo["fid"], aInfo["restored"], aInfo["bantime"] (Actions.ActionInfo),
+#     Observers.Main.add("call", ...), jail.actions.banManager iteration,
+#     BanTicket.getID/getBanTime/setBanTime, MyTime.str2seconds: observer.py
+#     and ticket.py differ in comments only; banmanager.py and mytime.py are
+#     identical.
+#   - jail.database.getBans(jail=, ip=, bantime=) and addBan(jail, ticket):
+#     database.py only drops its Python 2 JSON path; same schema.
+#   - The restore of a permanent ban after a restart (Jail.restoreCurrentBans,
+#     getCurrentBans with correctBanTime = maxtime, hence "keep maxtime unset"):
+#     same in both, except the ignoreip check of a restored ticket
+#     (1.0.2: filter.inIgnoreIPList(ip); 1.1.0: filter._inIgnoreIPList(ip,
+#     ticket)): on both, a permanent ban of an address since put into ignoreip
+#     is not restored.
+# Around it, 1.1.0 runs on Python 3.12+ (its own compat asyncore/asynchat; the
+# systemd backend no longer imports distutils), drops the gamin backend, and
+# Debian 13's jail.d/defaults-debian.conf sets banaction = nftables and
+# [sshd] backend = systemd (Debian 12's enables [sshd] only); this jail sets
+# its banaction and backend itself, so neither default reaches it.
+# Proven on each version by tests/package/test_package_systemd.py,
+# test_repeat_offender_is_banned_for_good_across_restarts_and_unbanip_lifts_it
+# ([bookworm]: 1.0.2, [trixie]: 1.1.0; 2 s, 6 s, permanent, restored after
+# `systemctl restart fail2ban`, lifted by unbanip), and by
+# tests/filter/test_escalate_action.py on the host (1.0.2, Python 3.11) and
+# inside the trixie root by tests/package/test_package_pytest.py (1.1.0, 3.13).
+#
 # Uses fail2ban's Python action API (ActionBase), the observer queue and the
 # database object of the jail (public attributes, no private ones); written and
-# tested against fail2ban 1.0.2 (Debian 12).  The firewall ban is a separate
+# tested against fail2ban 1.0.2 (Debian 12) and 1.1.0 (Debian 13).  The firewall ban is a separate
 # action: an error here is logged and leaves the ban time-limited, nothing more.
 
 import re

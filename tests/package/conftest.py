@@ -1,4 +1,9 @@
-"""Fixtures of the package tests: the built .deb and a fresh Debian 12 root.
+"""Fixtures of the package tests: the built .deb and a fresh Debian root per suite.
+
+Every test that takes ``debian_root`` runs once per suite in debroot.SUITES
+(bookworm, trixie; ids ``[bookworm]``, ``[trixie]``; ``-k trixie`` picks one),
+module by module: all of a module's tests on one root, then on the next.  The
+one ``_all.deb`` built on this host is installed on both.
 
 In CI (CI=true) every test marked ``package`` must run: a skip is reported as
 a failure that keeps the reason.
@@ -10,7 +15,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
-from debroot import DebianRoot, build_deb, fresh_root, in_ci, require
+from debroot import SUITES, DebianRoot, build_deb, fresh_root, in_ci, require
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -31,11 +36,17 @@ def deb() -> Path:
     return build_deb()
 
 
+@pytest.fixture(scope="module", params=SUITES)
+def suite(request: pytest.FixtureRequest) -> str:
+    """The Debian suite of this module's root: each of SUITES in turn."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def debian_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebianRoot]:
-    """A fresh minbase bookworm root (from the cache), deleted afterwards."""
+def debian_root(suite: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebianRoot]:
+    """A fresh minbase root of ``suite`` (from the cache), deleted afterwards."""
     require(["debootstrap", "chroot", "mount", "umount", "tar", "kill", "sleep"])
-    root = fresh_root(tmp_path_factory.mktemp("debroot") / "root")
+    root = fresh_root(tmp_path_factory.mktemp(f"debroot-{suite}") / "root", suite)
     try:
         yield root
     finally:

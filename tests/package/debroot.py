@@ -1,28 +1,37 @@
-"""A fresh Debian 12 root for package tests: debootstrap once, cache, chroot.
+"""Fresh Debian roots for package tests: debootstrap once per suite, cache, chroot.
 
 Installing the .deb on the dev machine proves nothing (everything is already
-there); a minbase bookworm root made by debootstrap is what a user starts
-from.  debootstrap takes about a minute through the mirror, so the root is
-cached as a tarball under ``.cache/package/`` keyed by suite and package list;
-the cached root also holds the downloaded .debs of our dependencies (not
+there); a minbase root made by debootstrap is what a user starts from.  Every
+package test runs on both Debian stables this package supports (SUITES:
+12 bookworm and 13 trixie).  debootstrap takes a minute or more through the
+mirror, so each root is cached as a tarball under CACHE, a host directory
+outside the repository (CI starts from a fresh clone each time, so a cache
+inside it would never be reused), keyed by suite and package list.  The
+cached root also holds the downloaded .debs of our dependencies (not
 installed), so ``apt-get install ./our.deb`` resolves them as on a real
-machine, without the network.  Services never start inside (policy-rc.d).
+machine, without the network.  Two pytest sessions never build the same
+tarball at once (a lock file per suite).  Services never start inside
+(policy-rc.d).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent.parent
-CACHE = REPO / ".cache" / "package"
-SUITE = "bookworm"
+# Persistent across fresh clones (CI): override with PORTSENTRY_TEST_CACHE.
+CACHE = Path(os.environ.get("PORTSENTRY_TEST_CACHE", "/var/cache/portsentry-sensor-tests"))
+# Debian 12 (oldstable since August 2025) and Debian 13 (stable): both supported, both tested.
+SUITES = ("bookworm", "trixie")
 MIRROR = os.environ.get("PORTSENTRY_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # Our Depends (see packaging/debian/control), downloaded into the cached root.
 DEPENDS = ("python3", "python3-systemd", "python3-watchdog", "python3-jinja2",
@@ -31,7 +40,13 @@ DEPENDS = ("python3", "python3-systemd", "python3-watchdog", "python3-jinja2",
 BUILD_DEPENDS = ("debhelper", "dh-python", "dpkg-dev")
 # systemd as init, for booting the root with systemd-nspawn.
 INIT = ("systemd", "systemd-sysv")
-PREFETCH = DEPENDS + BUILD_DEPENDS + INIT
+# autopkgtest, to run packaging/debian/tests in the root (test_package_autopkgtest.py).
+AUTOPKGTEST = ("autopkgtest",)
+# Debian's own test tools, to run the unit and filter tests under the suite's
+# Python (test_package_pytest.py); only trixie's 3.13 needs this (the host is
+# bookworm with 3.11).  And trixie's lintian (the host's is bookworm's).
+PYTEST = ("python3-pytest", "python3-pytest-timeout", "python3-hypothesis")
+EXTRA = {"bookworm": AUTOPKGTEST, "trixie": AUTOPKGTEST + PYTEST + ("lintian",)}
 POLICY_RC_D = "#!/bin/sh\n# package tests: never start services in this root\nexit 101\n"
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root",
        "DEBIAN_FRONTEND": "noninteractive"}
@@ -40,6 +55,11 @@ VOLATILE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/log", "/v
             "/var/lib/apt", "/var/lib/dpkg", "/root")
 # Backups the shadow tools write on any user change; the files themselves are compared.
 SHADOW_BACKUPS = ("/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-")
+
+
+def prefetch(suite: str) -> tuple[str, ...]:
+    """The packages whose .debs the cached root of ``suite`` holds."""
+    return DEPENDS + BUILD_DEPENDS + INIT + EXTRA[suite]
 
 
 def in_ci() -> bool:
@@ -74,17 +94,18 @@ def run(args: Sequence[str], timeout: float = 600, check: bool = True,
     return result
 
 
-def cache_key() -> str:
-    """Changes whenever what the cached root holds would change."""
-    text = "\n".join((SUITE, MIRROR, "minbase", *PREFETCH, "v1"))
+def cache_key(suite: str) -> str:
+    """Changes whenever what the cached root of ``suite`` holds would change."""
+    text = "\n".join((suite, MIRROR, "minbase", *prefetch(suite), "v1"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class DebianRoot:
     """An unpacked Debian root with /proc mounted; commands run in it via chroot."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, suite: str) -> None:
         self.path = path
+        self.suite = suite
         self.mounted = False
 
     def mount(self) -> None:
@@ -129,10 +150,10 @@ class DebianRoot:
         shutil.rmtree(self.path)
 
 
-def _bootstrap(target: Path) -> None:
-    """debootstrap minbase bookworm, forbid service starts, download our Depends."""
+def _bootstrap(target: Path, suite: str) -> None:
+    """debootstrap minbase ``suite``, forbid service starts, download our Depends."""
     for attempt in (1, 2):  # one retry: a mirror hiccup should not fail the suite
-        result = run(["debootstrap", "--variant=minbase", SUITE, str(target), MIRROR], timeout=900,
+        result = run(["debootstrap", "--variant=minbase", suite, str(target), MIRROR], timeout=900,
                      check=attempt == 2)
         if result.returncode == 0:
             break
@@ -140,44 +161,74 @@ def _bootstrap(target: Path) -> None:
     policy = target / "usr/sbin/policy-rc.d"
     policy.write_text(POLICY_RC_D)
     policy.chmod(0o755)
-    root = DebianRoot(target)
+    root = DebianRoot(target, suite)
     root.mount()
     try:
         root.sh("apt-get update -qq && apt-get install -y -qq --download-only "
-                + " ".join(PREFETCH), timeout=900)
+                + " ".join(prefetch(suite)), timeout=900)
     finally:
         root.umount()
 
 
-def cached_root_tarball() -> Path:
-    """The cached tarball of a fresh root, made on first use."""
+@contextmanager
+def locked(suite: str) -> Iterator[None]:
+    """Hold CACHE/<suite>.lock: one pytest session at a time builds or prunes that suite's tarball."""
+    with (CACHE / f"{suite}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def tarball_path(suite: str) -> Path:
+    """Where the cached root of ``suite`` (with today's package list) lives."""
+    return CACHE / f"{suite}-minbase-{cache_key(suite)}.tar"
+
+
+def cached_root_tarball(suite: str) -> Path:
+    """The cached tarball of a fresh ``suite`` root, made on first use.
+
+    Under the suite's lock: a second session waits for the first one's
+    tarball instead of debootstrapping the same root next to it, and old
+    tarballs are deleted only while nobody is making a new one.  Unpacking
+    needs no lock: a tarball appears by rename only when complete, and
+    fresh_root() holds an open descriptor if a newer key deletes it.
+    """
     CACHE.mkdir(parents=True, exist_ok=True)
-    tarball = CACHE / f"{SUITE}-minbase-{cache_key()}.tar"
+    tarball = tarball_path(suite)
     if tarball.exists():
         return tarball
-    target = CACHE / f"build-{os.getpid()}"
-    if target.exists():
-        shutil.rmtree(target)
-    try:
-        _bootstrap(target)
-        partial = tarball.with_suffix(".partial")
-        run(["tar", "-C", str(target), "--numeric-owner", "-cf", str(partial), "."], timeout=600)
-        partial.rename(tarball)
-    finally:
-        if target.exists() and not (target / "proc" / "self").exists():
+    with locked(suite):
+        if tarball.exists():  # made by another session while we waited
+            return tarball
+        target = CACHE / f"build-{suite}-{os.getpid()}"
+        if target.exists():
             shutil.rmtree(target)
-    for old in CACHE.glob(f"{SUITE}-minbase-*.tar"):
-        if old != tarball:
-            old.unlink()
+        try:
+            _bootstrap(target, suite)
+            partial = tarball.with_suffix(".partial")
+            run(["tar", "-C", str(target), "--numeric-owner", "-cf", str(partial), "."], timeout=600)
+            partial.rename(tarball)
+        finally:
+            if target.exists() and not (target / "proc" / "self").exists():
+                shutil.rmtree(target)
+        for old in CACHE.glob(f"{suite}-minbase-*.tar"):
+            if old != tarball:
+                old.unlink()
     return tarball
 
 
-def fresh_root(where: Path) -> DebianRoot:
-    """Unpack the cached root into ``where`` and mount /proc."""
-    tarball = cached_root_tarball()
+def fresh_root(where: Path, suite: str) -> DebianRoot:
+    """Unpack the cached ``suite`` root into ``where`` and mount /proc."""
+    tarball = cached_root_tarball(suite)
     where.mkdir(parents=True)
-    run(["tar", "-C", str(where), "--numeric-owner", "-xpf", str(tarball)], timeout=600)
-    root = DebianRoot(where)
+    with tarball.open("rb") as stream:  # stays readable if another session replaces it
+        result = subprocess.run(["tar", "-C", str(where), "--numeric-owner", "-xpf", "-"], stdin=stream,
+                                capture_output=True, text=True, timeout=600, env=ENV, check=False)
+    if result.returncode != 0:
+        raise AssertionError(f"unpacking {tarball} into {where} failed: {result.stderr[-3000:]}")
+    root = DebianRoot(where, suite)
     root.mount()
     return root
 

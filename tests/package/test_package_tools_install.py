@@ -1,6 +1,6 @@
-"""README Quick start: `tools/install` on a fresh Debian 12 without systemd as PID 1.
+"""README Quick start: `tools/install` on a fresh Debian 12 or 13 without systemd as PID 1.
 
-The story: a root on a fresh minbase bookworm (debootstrap), the source tree
+The story: a root on a fresh minbase bookworm or trixie (debootstrap), the source tree
 copied in, `tools/install` run as root.  It builds the .deb there, installs it
 with apt, and ends with the sensor running (started the way the unit would:
 user portsentry-sensor, two capabilities) and `fail2ban-client status
@@ -10,12 +10,13 @@ fail2ban it starts keeps its nftables rules away from the host.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from debroot import BUILD_DEPENDS, DebianRoot, copy_source_tree
+from debroot import BUILD_DEPENDS, REPO, DebianRoot, copy_source_tree
 
 pytestmark = pytest.mark.package
 
@@ -59,3 +60,26 @@ def test_tools_install_matches_the_sensor_by_uid_without_a_unit(debian_root: Deb
     local = debian_root.file("/etc/fail2ban/jail.d/portsentry.local").read_text()
     uid = debian_root.sh("id -u portsentry-sensor").stdout.strip()
     assert f"journalmatch = _UID={uid}" in local
+
+
+def test_tools_install_handles_the_suites_sshd_jail(debian_root: DebianRoot,
+                                                   quick_start: subprocess.CompletedProcess[str]) -> None:
+    """Debian 12's [sshd] wants /var/log/auth.log (the script points it at the journal); 13's reads the journal."""
+    written = debian_root.file("/etc/fail2ban/jail.d/sshd-journal.local").exists()
+    if debian_root.suite == "bookworm":
+        assert written and "sshd-journal.local" in quick_start.stdout, quick_start.stdout[-2000:]
+    else:
+        assert not written and "sshd-journal.local" not in quick_start.stdout, quick_start.stdout[-2000:]
+        dump = debian_root.sh("fail2ban-client -d").stdout
+        assert "['add', 'sshd', 'systemd']" in dump, dump[-2000:]
+
+
+def test_setup_env_packages_exist_in_the_suite(debian_root: DebianRoot) -> None:
+    """tools/test's first step (tools/setup-env) finds every package it installs in this suite too."""
+    text = (REPO / "tools" / "setup-env").read_text()
+    match = re.search(r'^APT_PACKAGES="([^"]*)"', text, re.M)
+    assert match, "no APT_PACKAGES in tools/setup-env"
+    packages = match.group(1).replace("\\\n", " ").split()
+    # A simulation against the root's package lists (from the cache): names and dependencies resolve.
+    result = debian_root.sh("apt-get install -s -qq --no-install-recommends " + " ".join(packages), check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
