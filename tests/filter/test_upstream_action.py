@@ -43,7 +43,7 @@ DEFECTS = {
     # without clearAllParams fail2ban 1.0.2 drops the action from the jail on reload
     "no-clearallparams": ("def clearAllParams(self):", "def _clearAllParams(self):",
                           "test_kept_and_updated_by_a_jail_reload"),
-    "wrong-ainfo-key": ('aInfo["restored"]', 'aInfo["is_restored"]',
+    "wrong-ainfo-key": ('if aInfo["restored"] or', 'if aInfo["is_restored"] or',
                         "test_ban_with_fail2bans_ainfo_makes_the_nth_ban_permanent"),
     "off-by-one": ("if bans < self.after:", "if bans <= self.after:",
                    "test_ban_with_fail2bans_ainfo_makes_the_nth_ban_permanent"),
