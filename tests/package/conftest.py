@@ -15,7 +15,8 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
-from debroot import SUITES, DebianRoot, build_deb, fresh_root, in_ci, require
+from ci import in_ci
+from debroot import SUITES, DebianRoot, build_deb, fresh_root, require
 
 
 @pytest.hookimpl(hookwrapper=True)

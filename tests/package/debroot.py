@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from ci import in_ci
 
 REPO = Path(__file__).resolve().parent.parent.parent
 # Persistent across fresh clones (CI): override with PORTSENTRY_TEST_CACHE.
@@ -35,7 +36,7 @@ SUITES = ("bookworm", "trixie")
 MIRROR = os.environ.get("PORTSENTRY_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # Our Depends (see packaging/debian/control), downloaded into the cached root.
 DEPENDS = ("python3", "python3-systemd", "python3-watchdog", "python3-jinja2",
-           "fail2ban", "nftables", "adduser")
+           "fail2ban", "nftables", "python3-nftables", "adduser")
 # What tools/install needs to build the package (its build dependencies).
 BUILD_DEPENDS = ("debhelper", "dh-python", "dpkg-dev")
 # systemd as init, for booting the root with systemd-nspawn.
@@ -46,7 +47,9 @@ AUTOPKGTEST = ("autopkgtest",)
 # Python (test_package_pytest.py); only trixie's 3.13 needs this (the host is
 # bookworm with 3.11).  And trixie's lintian (the host's is bookworm's).
 PYTEST = ("python3-pytest", "python3-pytest-timeout", "python3-hypothesis")
-EXTRA = {"bookworm": AUTOPKGTEST, "trixie": AUTOPKGTEST + PYTEST + ("lintian",)}
+# CrowdSec, for the portsentry-sensor-crowdsec package (test_package_crowdsec.py).
+CROWDSEC = ("crowdsec",)
+EXTRA = {"bookworm": AUTOPKGTEST + CROWDSEC, "trixie": AUTOPKGTEST + CROWDSEC + PYTEST + ("lintian",)}
 POLICY_RC_D = "#!/bin/sh\n# package tests: never start services in this root\nexit 101\n"
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root",
        "DEBIAN_FRONTEND": "noninteractive"}
@@ -60,11 +63,6 @@ SHADOW_BACKUPS = ("/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-"
 def prefetch(suite: str) -> tuple[str, ...]:
     """The packages whose .debs the cached root of ``suite`` holds."""
     return DEPENDS + BUILD_DEPENDS + INIT + EXTRA[suite]
-
-
-def in_ci() -> bool:
-    """True in CI, where a package test must run and never skip."""
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 def unavailable(reason: str) -> None:

@@ -39,9 +39,9 @@ pytestmark = pytest.mark.package
 # The suites whose Python runs the tests here; the host covers bookworm's 3.11.
 PYTHON_SUITES = ("trixie",)
 TOOLS = ("python3-pytest", "python3-pytest-timeout", "python3-hypothesis", "python3-systemd",
-         "python3-watchdog", "python3-jinja2", "fail2ban")
-COPIED = ("sensor", "fail2ban", "etc", "tests/conftest.py", "tests/roots", "tests/unit", "tests/filter",
-          "setup.cfg")
+         "python3-watchdog", "python3-jinja2", "python3-nftables", "fail2ban")
+COPIED = ("sensor", "fail2ban", "etc", "tests/conftest.py", "tests/ci.py", "tests/pristine.py", "tests/roots",
+          "tests/unit", "tests/filter", "setup.cfg")
 NOT_RUN = {
     "tests/test_lint.py": "ruff and mypy are PyPI tools (requirements-test.txt)",
     "-m 'not e2e'": "tests/e2e/lab.py namespaces, iproute2 and sysctl on the host",
