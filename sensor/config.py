@@ -72,7 +72,7 @@ class Config:
     summary_interval: int = 30
     summary_max_lines: int = 2
     state_max_sources: int = 4096
-    flood_sources: int = 50
+    flood_sources: int = 20
     flood_ports: int = 5
     plan_refresh: int = 2
     path: str = ""

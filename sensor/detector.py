@@ -192,6 +192,8 @@ class Detector:
             keys[slot] = 0                 # a second distinct port: confirmed
             self.probation_count -= 1
             window = ScanWindow(started=self._epoch + self._times[slot], first=probe)
+            # With SCAN_TRIGGER 0 a probation source was one the guard suppressed: counted already.
+            window.suppressed = self.settings.scan_trigger < 1
             window.touch(first)
             self._insert(key, window)
             return window

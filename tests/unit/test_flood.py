@@ -70,6 +70,9 @@ def test_real_scanner_alerts_during_the_flood_after_flood_ports() -> None:
     for port in range(1, 8):
         alerts += detector.observe(probe(port), 0.6 + port / 1000)
     assert [(a.src, a.count, a.dport) for a in alerts] == [(SCANNER, 6, 6)]
+    # Counted once as suppressed (its single probe), once as alerted for scan behaviour.
+    seen, suppressed = detector.flood.total_seen, detector.flood.total_suppressed
+    assert (seen, suppressed, detector.flood.total_alerted) == (500 - 50 + 1, 500 - 50 + 1, 1)
 
 
 def test_verified_probes_are_never_suppressed() -> None:
