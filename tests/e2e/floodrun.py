@@ -14,6 +14,7 @@ banned, the sensor's journal lines, its peak RSS, fail2ban's CPU.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import subprocess
@@ -23,7 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from f2b import Fail2Ban
-from lab import ATTACKER4, ATTACKER6, REPO_ROOT, SYSTEM_PYTHON, VICTIM4, VICTIM6, Journal, Lab, SensorProcess, wait_until
+from lab import (
+    ATTACKER4,
+    ATTACKER6,
+    REPO_ROOT,
+    SYSTEM_PYTHON,
+    VICTIM4,
+    VICTIM6,
+    Journal,
+    Lab,
+    SensorProcess,
+    wait_until,
+)
 
 SPOOF = (ipaddress.ip_network("198.18.0.0/15"), ipaddress.ip_network("2001:db8:5000::/36"))
 SCAN_PORTS = "1-200"
@@ -135,7 +147,7 @@ def run_flood(lab: Lab, journal: Journal, sensor_user: tuple[str, int, int], wor
             time.sleep(0.5)
         out, _ = flood.communicate(timeout=30)
         if out.strip():
-            import json
+
             summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
             result.sent, result.flood_seconds = int(summary["sent"]), float(summary["seconds"])
         # The flood ends 5 s after its last busy second (sensor/flood.py QUIET), then fail2ban settles.
