@@ -147,7 +147,6 @@ def run_flood(lab: Lab, journal: Journal, sensor_user: tuple[str, int, int], wor
             time.sleep(0.5)
         out, _ = flood.communicate(timeout=30)
         if out.strip():
-
             summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
             result.sent, result.flood_seconds = int(summary["sent"]), float(summary["seconds"])
         # The flood ends 5 s after its last busy second (sensor/flood.py QUIET), then fail2ban settles.
