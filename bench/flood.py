@@ -29,7 +29,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(BENCH), str(REPO / "tests" / "e2e"), str(REPO)]
 
-from floodrun import FloodResult, run_flood  # noqa: E402
+from floodrun import SENSOR_CONF, FloodResult, run_flood  # noqa: E402
+
+SLOW_CONF = SENSOR_CONF.replace('SCAN_TRIGGER="0"', 'SCAN_TRIGGER="2"')
 from lab import Journal, Lab, ensure_user, world_readable_dir  # noqa: E402
 from report import git_head, machine, record, uptime  # noqa: E402
 
@@ -46,6 +48,10 @@ def row(label: str, result: FloodResult) -> str:
     """One Markdown row."""
     ban = "not banned" if result.scan_to_ban is None else f"{result.scan_to_ban:.2f} s"
     flood = [line for line in result.admin_lines if "flood" in line]
+    if result.slow_probes:
+        slow = ("not detected" if result.slow_alert_after is None else
+                f"detected {result.slow_alert_after:.0f} s after its first probe, at port {result.slow_alert_count}")
+        label += f", slow scanner ({result.slow_probes} probes, 20 s apart, SCAN_TRIGGER=2): {slow}"
     return (f"| {label} | {result.sent:,} in {result.flood_seconds:.1f} s | {ban} | {result.forged_banned:,} | "
             f"{result.sensor_lines} ({result.alert_lines} alerts, {len(result.admin_lines)} admin) | "
             f"{'yes' if flood else 'no'} | {result.sensor_peak_rss_kb / 1024:.1f} MB | "
@@ -58,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", default="3000@1000,20000@2000", help="COUNT@RATE,... (packets, packets/s)")
     parser.add_argument("--family", choices=("4", "6", "both"), default="4")
     parser.add_argument("--scan-delay", type=float, default=3.0)
+    parser.add_argument("--slow", type=int, default=0,
+                        help="also a slow scanner (SCAN_TRIGGER=2): this many probes, one new port every 20 s")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--results", default=str(BENCH / "RESULTS.md"))
     args = parser.parse_args(argv)
@@ -78,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         result = run_flood(lab, journal, user, workdir,
                                            count4=count if family == "4" else 0,
                                            count6=count if family == "6" else 0,
-                                           rate=rate, scan_delay=args.scan_delay, settle_timeout=120)
+                                           rate=rate, scan_delay=args.scan_delay, settle_timeout=120,
+                                           conf=SLOW_CONF if args.slow else SENSOR_CONF, slow_probes=args.slow)
                 finally:
                     shutil.rmtree(workdir, ignore_errors=True)
                 label = f"{count:,} @ {rate:,.0f}/s IPv{family}"

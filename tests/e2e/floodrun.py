@@ -18,6 +18,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from lab import (
 
 SPOOF = (ipaddress.ip_network("198.18.0.0/15"), ipaddress.ip_network("2001:db8:5000::/36"))
 SCAN_PORTS = "1-200"
+SLOW4 = "192.0.2.77"   # the slow scanner's own address (a second attacker namespace)
 FLOOD_PORTS = ",".join(str(p) for p in range(1, 1025) if p not in (113, 139))
 
 SENSOR_CONF = """\
@@ -74,6 +76,9 @@ class FloodResult:
     f2b_cpu_s: float = 0.0
     f2b_peak_rss_kb: int = 0
     nmap_rc: int = 0
+    slow_probes: int = 0
+    slow_alert_after: float | None = None  # the slow scanner's first probe -> its first alert
+    slow_alert_count: int = 0
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -119,10 +124,20 @@ def prepare(lab: Lab) -> None:
 
 def run_flood(lab: Lab, journal: Journal, sensor_user: tuple[str, int, int], workdir: Path,
               count4: int, count6: int = 0, rate: float = 1000.0, scan_delay: float = 1.0,
-              settle_timeout: float = 60.0, conf: str = SENSOR_CONF) -> FloodResult:
+              settle_timeout: float = 60.0, conf: str = SENSOR_CONF,
+              slow_probes: int = 0, slow_interval: float = 20.0) -> FloodResult:
     """One run; the lab must be fresh (see :func:`prepare`).  Everything started here is stopped here."""
     prepare(lab)
     result = FloodResult()
+    slow_ns = lab.add_attacker("s", SLOW4, "2001:db8::77") if slow_probes else ""
+    slow_sent: list[float] = []
+
+    def slow_scan() -> None:
+        """One SYN to a new port every slow_interval seconds (bounded: slow_probes probes)."""
+        for k in range(slow_probes):
+            slow_sent.append(time.time())
+            lab.nmap(["-sS", "--max-retries", "0", "-p", str(300 + k), VICTIM4], ns=slow_ns, timeout=30)
+            time.sleep(max(0.0, slow_sent[-1] + slow_interval - time.time()))
     mac = lab.run_victim(["cat", "/sys/class/net/eth0/address"], check=True).stdout.strip()
     sensor = SensorProcess(lab, conf, user=sensor_user).start()
     f2b = Fail2Ban(lab, workdir, jail_local(sensor_user[1], sensor.pid))
@@ -137,6 +152,9 @@ def run_flood(lab: Lab, journal: Journal, sensor_user: tuple[str, int, int], wor
              "--dst6", VICTIM6, "--count4", str(count4), "--count6", str(count6),
              "--tcp-ports", FLOOD_PORTS, "--rate", str(rate), "--max-seconds", str(max_seconds)],
             stdout=subprocess.PIPE, text=True)
+        slow = threading.Thread(target=slow_scan, daemon=True)
+        if slow_probes:
+            slow.start()
         time.sleep(scan_delay)
         t0 = time.time()
         scan = lab.nmap(["-sS", "-T4", "-p", SCAN_PORTS, VICTIM4], timeout=60)
@@ -146,6 +164,8 @@ def run_flood(lab: Lab, journal: Journal, sensor_user: tuple[str, int, int], wor
             result.sensor_peak_rss_kb = max(result.sensor_peak_rss_kb, _status_kb(sensor.pid, "VmHWM"))
             time.sleep(0.5)
         out, _ = flood.communicate(timeout=30)
+        if slow_probes:
+            slow.join(timeout=slow_probes * (slow_interval + 30))
         if out.strip():
             summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
             result.sent, result.flood_seconds = int(summary["sent"]), float(summary["seconds"])
@@ -172,6 +192,12 @@ def run_flood(lab: Lab, journal: Journal, sensor_user: tuple[str, int, int], wor
         alerts = [e for e in entries if e.get("MESSAGE", "").startswith("attackalert:")]
         result.alert_lines = len(alerts)
         result.forged_alert_lines = sum(1 for e in alerts if _forged(e.get("PORTSENTRY_SRC", "")))
+        mine = [e for e in alerts if e.get("PORTSENTRY_SRC") == SLOW4]
+        result.slow_probes = len(slow_sent)
+        if mine and slow_sent:
+            first = min(int(e["__REALTIME_TIMESTAMP"]) for e in mine) / 1e6
+            result.slow_alert_after = round(first - slow_sent[0], 1)
+            result.slow_alert_count = min(int(e["PORTSENTRY_COUNT"]) for e in mine)
         result.admin_lines = [e["MESSAGE"] for e in entries if e.get("MESSAGE", "").startswith("adminalert:")]
         return result
     finally:
