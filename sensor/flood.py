@@ -158,11 +158,14 @@ class FloodGuard:
                 f"top prefixes {self.prefix_tally.top()}" + (f"; {other} not itemised" if other else ""))
 
     def _end(self, now: float) -> None:
+        tops = ""
+        if self.port_tally.counts:
+            tops = (f"; since the last report: top ports {self.port_tally.top()}, "
+                    f"top prefixes {self.prefix_tally.top()}")
         self.pending.append(
             f"flood ended after {max(1, round(now - self.started))} s: {self.total_seen} new unverified "
             f"sources, {self.total_suppressed} suppressed, {self.total_alerted} alerted for scan "
-            f"behaviour; top ports {self.port_tally.top()}; top prefixes {self.prefix_tally.top()} "
-            f"(since the last report); single-probe sources alert again")
+            f"behaviour{tops}; single-probe sources alert again")
         self.active = False
         self._reset_interval()
 

@@ -111,6 +111,7 @@ def test_reports_per_interval_and_one_when_the_flood_ends() -> None:
     end = detector.flood.drain()
     assert len(end) == 1 and end[0].startswith("flood ended after")
     assert f"{25 * 200 - 50} suppressed" in end[0]
+    assert "since the last report: top ports 100" in end[0]   # 4 s of flood since the 20 s report
     assert not detector.flood.active
     # After the flood a single-probe source alerts again.
     assert len(detector.observe(probe(22, "192.0.2.99"), 40.0)) == 1
