@@ -151,3 +151,32 @@ def test_slow_scanner_during_a_flood_is_detected() -> None:
 def test_prefixes() -> None:
     assert prefix("198.18.7.9") == "198.18.0.0/16"
     assert prefix("2001:db8:5000:1234::7") == "2001:db8:5000::/48"
+
+
+def test_output_stays_below_the_units_journald_limit() -> None:
+    """Worst case for the guard: every forged source touches 7 ports (looks like a scanner).
+
+    First alerts stay at FLOOD_SOURCES a second, so alerts plus summaries in any 30 s stay far
+    below LogRateLimitBurst= of the packaged unit (journald's LogRateLimitIntervalSec=30s).
+    """
+    import re
+    from pathlib import Path
+
+    unit = (Path(__file__).resolve().parents[2] / "packaging" / "debian" / "portsentry-sensor.service").read_text()
+    burst = int(re.search(r"^LogRateLimitBurst=(\d+)$", unit, re.M).group(1))  # type: ignore[union-attr]
+    assert re.search(r"^LogRateLimitIntervalSec=30s$", unit, re.M)
+    detector = make(flood_sources=20, summary_interval=30, max_sources=4096)
+    per_second: list[int] = []
+    for second in range(40):
+        lines = 0
+        for i in range(300):
+            src = forged(second * 300 + i)
+            for port in range(1, 8):
+                lines += len(detector.observe(probe(port, src), second + i / 300))
+        lines += len(detector.flush(second + 0.999)) + len(detector.flood.drain())
+        per_second.append(lines)
+    assert max(per_second) <= 2 * 20 + 4096 + 1          # first alerts, one summary per window, admin
+    assert sum(per_second[:20]) <= 40 + 19 * 20 + 2    # before any summary is due: the cap holds
+    worst_30s = max(sum(per_second[i:i + 30]) for i in range(len(per_second) - 29))
+    print(f"worst 30 s: {worst_30s} lines (LogRateLimitBurst={burst})")
+    assert worst_30s < burst / 2, (worst_30s, burst)
