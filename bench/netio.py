@@ -124,10 +124,15 @@ class Injector:
 def flood_packets(count4: int, count6: int, dst4: str, dst6: str,
                   tcp_ports: list[int], udp_ports: list[int], udp_every: int = 4,
                   offset: int = 0) -> Iterator[tuple[int, bytes]]:
-    """One probe per distinct spoofed source; every ``udp_every``-th one is UDP."""
+    """One probe per spoofed source; every ``udp_every``-th one is UDP.
+
+    Sources are distinct up to 131,070 IPv4 packets (the size of 198.18.0.0/15); a longer
+    IPv4 flood starts over at the first address, so those sources repeat, on other ports.
+    """
+    span4 = SPOOF4.num_addresses - 2
     for family, count, dst in ((4, count4, dst4), (6, count6, dst6)):
         for i in range(count):
-            src = spoof4(offset + i) if family == 4 else spoof6(offset + i)
+            src = spoof4((offset + i) % span4) if family == 4 else spoof6(offset + i)
             if udp_ports and i % udp_every == udp_every - 1:
                 yield packet(src, dst, udp_ports[i % len(udp_ports)], socket.IPPROTO_UDP,
                              sport=1024 + i % 60000, seq=i)

@@ -72,6 +72,8 @@ class Config:
     summary_interval: int = 30
     summary_max_lines: int = 2
     state_max_sources: int = 4096
+    flood_sources: int = 20
+    flood_ports: int = 5
     plan_refresh: int = 2
     path: str = ""
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -226,6 +228,8 @@ _FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     # One tracked (source, protocol) costs ~0.7 KiB, ~9 KiB once it touched more than 64 ports
     # (bench/state_memory.py): 65,536 bounds that at ~570 MiB.
     "STATE_MAX_SOURCES": ("state_max_sources", _int_in(16, 65536)),
+    "FLOOD_SOURCES": ("flood_sources", _int_in(0, 1_000_000)),
+    "FLOOD_PORTS": ("flood_ports", _int_in(1, 65535)),
     "PLAN_REFRESH": ("plan_refresh", _int_in(1, 3600)),
 }
 KNOWN_KEYS = tuple(_FIELDS) + BLOCKING_KEYS + LEGACY_KEYS

@@ -131,7 +131,8 @@ def detector_settings(config: Config) -> DetectorSettings:
     return DetectorSettings(scan_trigger=config.scan_trigger, scan_window=float(config.scan_window),
                             summary_interval=float(config.summary_interval),
                             summary_max_lines=config.summary_max_lines,
-                            max_sources=config.state_max_sources)
+                            max_sources=config.state_max_sources,
+                            flood_sources=config.flood_sources, flood_ports=config.flood_ports)
 
 
 def _ports(count: int) -> str:
@@ -184,6 +185,13 @@ class Sensor:
             return
         for alert in self.detector.observe(probe, time.monotonic()):
             self.emit_alert(alert)
+        if self.detector.flood.pending:
+            self.flood_lines()
+
+    def flood_lines(self) -> None:
+        """The flood guard's start/report/end lines (sensor/flood.py), through admin()."""
+        for text in self.detector.flood.drain():
+            self.admin(text, PRIORITY_WARNING)
 
     def emit_alert(self, alert: Alert, resolve: bool = True) -> None:
         """Write one alert (resolving the source's name first if configured and ``resolve``).
@@ -373,6 +381,7 @@ class Sensor:
             now = time.monotonic()
             for alert in self.detector.flush(now):
                 self.emit_alert(alert)
+            self.flood_lines()
             self.emitter.retry()
             if now - last_refresh >= self.loaded.config.plan_refresh:
                 last_refresh = now

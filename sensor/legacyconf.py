@@ -36,6 +36,8 @@ SAME_KEYS = {
     "SUMMARY_INTERVAL": "portsentry-sensor key, kept",
     "SUMMARY_MAX_LINES": "portsentry-sensor key, kept",
     "STATE_MAX_SOURCES": "portsentry-sensor key, kept",
+    "FLOOD_SOURCES": "portsentry-sensor key, kept",
+    "FLOOD_PORTS": "portsentry-sensor key, kept",
     "PLAN_REFRESH": "portsentry-sensor key, kept",
 }
 STATE_KEYS = ("HISTORY_FILE", "BLOCKED_FILE")

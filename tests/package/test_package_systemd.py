@@ -33,6 +33,7 @@ pytestmark = pytest.mark.package
 
 VICTIM, ATTACKER = "psK-v", "psK-a"
 VICTIM_IP, ATTACKER_IP = "192.0.2.1", "192.0.2.2"
+CONTROL_IP = "192.0.2.3"   # a second address of the attacker: the positive controls' source
 FORGED_IP = "198.51.100.9"
 MACHINE = "pskg-sensor"
 # What each suite must run this story with (major systemd, fail2ban version prefix).
@@ -83,6 +84,7 @@ def make_namespaces() -> None:
         run(["ip", "-n", ns, "addr", "add", f"{v4}/24", "dev", dev])
         run(["ip", "-n", ns, "addr", "add", f"{v6}/64", "dev", dev, "nodad"])
         run(["ip", "-n", ns, "link", "set", dev, "up"])
+    run(["ip", "-n", ATTACKER, "addr", "add", f"{CONTROL_IP}/24", "dev", "psK-av"])
 
 
 def delete_namespaces() -> None:
@@ -201,13 +203,44 @@ def nft_set(booted: Booted, name: str) -> str:
     return booted.sh(f"nft list set inet f2b-table {name}", check=False).stdout
 
 
+def fail2ban_log(booted: Booted) -> str:
+    return booted.sh("cat /var/log/fail2ban.log", check=False).stdout
+
+
+def control_scan(booted: Booted, mark: int) -> None:
+    """Positive control: a real SYN scan from CONTROL_IP; wait until fail2ban found it (after ``mark``
+    in its log), so it has read every journal entry before it; then lift the ban again."""
+    booted.sh(f"fail2ban-client set portsentry unbanip {CONTROL_IP}", check=False)
+    booted.attack("nmap", "-n", "-Pn", "-sS", "-S", CONTROL_IP, "-e", "psK-av", "-p", "60-70",
+                  "--max-retries", "0", VICTIM_IP)
+    assert wait_for(lambda: f"[portsentry] Found {CONTROL_IP}" in fail2ban_log(booted)[mark:], 15), \
+        fail2ban_log(booted)[-3000:]
+    booted.sh(f"fail2ban-client set portsentry unbanip {CONTROL_IP}", check=False)
+
+
 def test_forged_alert_from_another_local_user_bans_nobody(booted: Booted) -> None:
-    """Issue 4's unforgeable match, with the installed jail: `logger` as nobody names a third address."""
+    """Issue 4's unforgeable match, with the installed jail: `logger` as nobody names a third address.
+
+    The forged line is in the journal with nobody's _UID (journald's, not the client's); the
+    installed jail's journalmatch selects the sensor's real alerts and not it; and fail2ban found
+    a real scan logged after it (so it has read past the forgery) but never the forged address.
+    """
+    nobody = booted.sh("id -u nobody").stdout.strip()
     line = (f"attackalert: src={FORGED_IP} dst={VICTIM_IP} proto=tcp dport=23 scan=syn mode=atcp "
             f"verified=no count=1 TCP SYN scan from host {FORGED_IP} to TCP port 23")
+    mark = len(fail2ban_log(booted))
     booted.sh(f"setpriv --reuid=nobody --regid=nogroup --clear-groups logger -t portsentry-sensor '{line}'")
-    time.sleep(3)
-    assert FORGED_IP not in banned(booted)
+    assert wait_for(lambda: f"src={FORGED_IP}" in booted.sh(
+        f"journalctl -o cat --no-pager _UID={nobody} SYSLOG_IDENTIFIER=portsentry-sensor", check=False).stdout,
+        10), "the forged line never reached the journal (with nobody's _UID)"
+    control_scan(booted, mark)
+    assert f"Found {FORGED_IP}" not in fail2ban_log(booted)[mark:]
+    assert FORGED_IP not in banned(booted) and FORGED_IP not in nft_set(booted, "addr-set-portsentry")
+    match = booted.sh("fail2ban-client get portsentry journalmatch").stdout
+    assert "_SYSTEMD_UNIT=portsentry-sensor.service" in match, match
+    selected = booted.sh("fail2ban-regex -o '<ip>' -m _SYSTEMD_UNIT=portsentry-sensor.service "
+                         "systemd-journal portsentry-sensor", timeout=120).stdout.split()
+    assert CONTROL_IP in selected and FORGED_IP not in selected, selected
 
 
 def test_a_scan_is_banned_and_unbanip_lets_the_address_back(booted: Booted) -> None:
@@ -303,6 +336,24 @@ def in_set(booted: Booted) -> bool:
     return ATTACKER_IP in nft_set(booted, "addr-set-portsentry")
 
 
+BANS_QUERY = """
+import sqlite3, sys
+db = sqlite3.connect("file:/var/lib/fail2ban/fail2ban.sqlite3?mode=ro", uri=True, timeout=10)
+rows = db.execute("SELECT bantime FROM bans WHERE jail = 'portsentry' AND ip = ? ORDER BY timeofban, rowid",
+                  (sys.argv[1],))
+print(" ".join(str(row[0]) for row in rows))
+"""
+
+
+def recorded_bans(booted: Booted, address: str = ATTACKER_IP) -> list[int]:
+    """The bantime fail2ban's database recorded for each ban of the address (oldest first; -1:
+    permanent).  The observer writes it once it has decided the (increased) time: no sleep needed."""
+    script = booted.root.file("/var/tmp/pskg-bans.py")
+    if not script.exists():
+        script.write_text(BANS_QUERY)
+    return [int(t) for t in booted.sh(f"python3 /var/tmp/pskg-bans.py {address}").stdout.split()]
+
+
 def restart_fail2ban(booted: Booted) -> None:
     """systemctl restart fail2ban, then wait until the jail answers again."""
     booted.sh("systemctl restart fail2ban")
@@ -352,11 +403,11 @@ def test_repeat_offender_is_banned_for_good_across_restarts_and_unbanip_lifts_it
     assert wait_for(lambda: connects(booted), 10), "the service is unreachable before any scan:\n" + \
         booted.sh("journalctl -u pskg-web --no-pager -n 20; cat /proc/net/tcp; nft list ruleset",
                   check=False).stdout
-    for low, high in ((2, 4), (6, 8)):
+    for rung, ladder in ((1, [2]), (2, [2, 6])):
         syn_probe(booted)
         assert wait_for(lambda: in_set(booted), 15), ban_times(booted)
-        time.sleep(0.5)  # the observer raises the bantime right after the ban
-        assert low <= ban_times(booted).get(ATTACKER_IP, 0) <= high, ban_times(booted)
+        assert wait_for(lambda n=rung: len(recorded_bans(booted)) >= n, 15), recorded_bans(booted)
+        assert recorded_bans(booted) == ladder, fail2ban_log(booted)[-3000:]
         assert wait_for(lambda: not in_set(booted), 15), "a time-limited ban did not expire"
     syn_probe(booted)
     assert wait_for(lambda: ban_times(booted).get(ATTACKER_IP) == -1, 15), ban_times(booted)
@@ -372,7 +423,9 @@ def test_repeat_offender_is_banned_for_good_across_restarts_and_unbanip_lifts_it
 
     booted.sh(f"fail2ban-client set portsentry unbanip {ATTACKER_IP}")
     assert wait_for(lambda: not in_set(booted), 5) and wait_for(lambda: connects(booted), 5)
+    mark = len(fail2ban_log(booted))
     restart_fail2ban(booted)
-    time.sleep(2)  # restored bans land within a second of the jail's start
+    control_scan(booted, mark)  # restored bans are queued before any new one: they are in by now
+    assert f"Ban {ATTACKER_IP}" not in fail2ban_log(booted)[mark:], "unbanip did not stick"
     assert not in_set(booted) and ATTACKER_IP not in ban_times(booted), "unbanip did not stick"
     assert connects(booted)

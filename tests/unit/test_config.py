@@ -73,6 +73,8 @@ def test_shipped_default_config_is_valid() -> None:
     ('SUMMARY_MAX_LINES="0"', "summary_max_lines", 0),
     ('STATE_MAX_SOURCES="100"', "state_max_sources", 100),
     ('STATE_MAX_SOURCES="65536"', "state_max_sources", 65536),
+    ('FLOOD_SOURCES="0"', "flood_sources", 0),
+    ('FLOOD_PORTS="9"', "flood_ports", 9),
     ('PLAN_REFRESH="1"', "plan_refresh", 1),
     ('SCAN_TRIGGER="2"  # trailing comment', "scan_trigger", 2),
 ])
@@ -101,6 +103,7 @@ def test_every_key(tmp_path: Path, line: str, field: str, value: object) -> None
     ('IGNORE_FILE="/etc/x\x00y"\n', "portsentry.conf:1: IGNORE_FILE: contains a NUL byte"),
     ('PORT_BANNER="a\x1bb"\n', "portsentry.conf:1: PORT_BANNER: contains a control character ('\\x1b')"),
     ('SCAN_TRIGGER="1\x00"\n', "portsentry.conf:1: SCAN_TRIGGER: contains a NUL byte"),
+    ('FLOOD_PORTS="0"\n', "portsentry.conf:1: FLOOD_PORTS: '0' is not a whole number from 1"),
     ('PORT_BANNER="' + "x" * 600 + '"\n', "portsentry.conf:1: PORT_BANNER: longer than 512"),
     ('SCAN_TRIGGER="1\n', "portsentry.conf:1: SCAN_TRIGGER: missing closing quote"),
     ('SCAN_TRIGGER="1" junk\n', "portsentry.conf:1: SCAN_TRIGGER: unexpected text after the closing quote"),

@@ -350,3 +350,21 @@ def test_hung_lookups_are_bounded_and_every_alert_is_written(tmp_path: Path) -> 
     assert len(lines) == 20 and all("host=" not in line for line in lines), lines
     assert {line.split()[2] for line in lines} == {f"src=198.51.100.{i + 1}" for i in range(20)}
     assert len(asked) == daemon.MAX_LOOKUPS and threads == daemon.MAX_LOOKUPS
+
+
+def test_flood_guard_lines_go_through_admin(tmp_path: Path) -> None:
+    """Issue 11: forged one-probe sources above FLOOD_SOURCES/s: bounded alerts, one admin line says so."""
+    from sensor.detector import Probe
+
+    path = conf(tmp_path, str(free_port()))
+    path.write_text(path.read_text() + 'FLOOD_SOURCES="20"\n')
+    sensor = Sensor(str(path), defaults=[])
+    stream = io.StringIO()
+    sensor.emitter = Emitter([StderrSink(stream)])
+    assert sensor.detector.settings.flood_sources == 20
+    for i in range(300):  # well within one second, in any second it starts
+        sensor.on_probe(Probe(f"198.18.1.{i % 250}" if i < 250 else f"198.18.2.{i - 250}",
+                              "192.0.2.1", "tcp", 1000, "syn", "atcp", False))
+    log = stream.getvalue()
+    assert log.count("adminalert: flood: more than 20 new unverified sources") == 1
+    assert 20 <= log.count("attackalert:") <= 40  # the budget, or twice it across a second's edge
