@@ -48,7 +48,7 @@ class DetectorSettings:
     summary_interval: float = 30.0
     summary_max_lines: int = 2
     max_sources: int = 4096
-    flood_sources: int = 0          # new unverified sources per second; 0: no flood guard
+    flood_sources: int = 20         # new unverified sources per second (the config default); 0: no guard
     flood_ports: int = 5            # during a flood, more distinct ports than this to alert
     probation_slots: int = 1 << 20  # the probation table (rounded up to a power of two)
 
