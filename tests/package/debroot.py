@@ -232,7 +232,7 @@ def fresh_root(where: Path, suite: str) -> DebianRoot:
 
 
 # What tools/build-deb reads from the source tree (copied into roots for tools/install).
-SHIPPED = ("sensor", "etc", "fail2ban", "doc", "packaging", "tools")
+SHIPPED = ("sensor", "etc", "fail2ban", "crowdsec", "doc", "packaging", "tools")
 
 
 def copy_source_tree(target: Path) -> None:
