@@ -1,0 +1,300 @@
+"""What the sensor saw and what fail2ban did about it: the data behind ``report`` and ``status``.
+
+Alerts come from the journal through python3-systemd's reader, matched by the
+attack alert's MESSAGE_ID (:data:`sensor.alert.MESSAGE_ID`) *and* a trusted
+field (``_SYSTEMD_UNIT=portsentry-sensor.service`` by default, or ``_UID=``;
+the rule of :func:`sensor.jailconfig.check_journalmatch`), so that a local user
+cannot add lines to the report.  Flood episodes are the sensor's status lines
+that start with ``adminalert: flood`` (same trusted match; the wording after
+that prefix is not relied on).  Bans come from fail2ban's own sqlite database,
+opened read-only (table ``bips``: one row per address and jail, the latest ban).
+"""
+
+from __future__ import annotations
+
+import configparser
+import glob
+import ipaddress
+import os
+import re
+import sqlite3
+import time
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any
+
+from sensor.alert import MESSAGE_ID, SYSLOG_IDENTIFIER
+from sensor.jailconfig import check_journalmatch
+
+DEFAULT_MATCH = "_SYSTEMD_UNIT=portsentry-sensor.service"
+DEFAULT_JAIL = "portsentry"
+FAIL2BAN_CONF = "/etc/fail2ban"
+DEFAULT_DBFILE = "/var/lib/fail2ban/fail2ban.sqlite3"
+# Flood lines closer than this belong to one episode.
+FLOOD_GAP_US = 300 * 1_000_000
+
+_ALERT = re.compile(rb"attackalert: src=(\S+) dst=\S+ proto=(tcp|udp) dport=(\d+) scan=(\w+) mode=\w+ "
+                    rb"verified=(yes|no) count=(\d+) (.*)")
+_FLOOD = b"adminalert: flood"
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ActivityError(ValueError):
+    """Bad input (a time, a match, a journal path): one line, exit 2."""
+
+
+def parse_when(value: str, what: str, now: float) -> float:
+    """``24h``/``7d``/``90m`` (that long ago), ``now``, epoch seconds or an ISO 8601 time (UTC if no zone)."""
+    text = value.strip()
+    if text == "now":
+        return now
+    relative = re.fullmatch(r"(\d+)([smhdw])", text)
+    if relative:
+        return now - int(relative.group(1)) * _UNITS[relative.group(2)]
+    if re.fullmatch(r"\d{9,11}(\.\d+)?", text):
+        return float(text)
+    from datetime import datetime
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ActivityError(f"{what}: '{value[:40]}' is not a time: use 24h, 7d, 90m, now, "
+                            f"or 2026-12-01T08:00 (UTC)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+@dataclass
+class Source:
+    """Everything one scanning address did in the period."""
+
+    address: str
+    alerts: int = 0
+    scans: int = 0
+    first_us: int = 0
+    last_us: int = 0
+    verified: bool = False
+    max_count: int = 0
+    ports: set[tuple[str, int]] = field(default_factory=set)
+    scan_types: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def family(self) -> str:
+        return "ipv6" if ":" in self.address else "ipv4"
+
+    @property
+    def ports_touched(self) -> int:
+        """Distinct ports named in its alerts, or more if a summary line counted more in one window."""
+        return max(len(self.ports), self.max_count)
+
+
+@dataclass
+class Flood:
+    """A run of ``adminalert: flood`` lines less than FLOOD_GAP_US apart."""
+
+    start_us: int
+    end_us: int
+    lines: int
+    first_message: str
+
+
+@dataclass
+class Activity:
+    """All alerts in [since, until)."""
+
+    since: float
+    until: float
+    match: str
+    sources: dict[str, Source] = field(default_factory=dict)
+    hourly_scans: Counter[int] = field(default_factory=Counter)
+    hourly_alerts: Counter[int] = field(default_factory=Counter)
+    ports: Counter[tuple[str, int]] = field(default_factory=Counter)
+    port_sources: dict[tuple[str, int], set[str]] = field(default_factory=dict)
+    floods: list[Flood] = field(default_factory=list)
+    alert_lines: int = 0
+
+    def add_alert(self, when_us: int, groups: tuple[bytes, ...]) -> None:
+        src_b, proto_b, dport_b, scan_b, verified_b, count_b, rest = groups
+        src = src_b.decode("ascii", "replace")
+        source = self.sources.get(src)
+        if source is None:
+            source = self.sources[src] = Source(src, first_us=when_us)
+        key = (proto_b.decode(), int(dport_b))
+        summary = b" continues: " in rest
+        source.alerts += 1
+        source.last_us = when_us
+        source.ports.add(key)
+        source.max_count = max(source.max_count, int(count_b))
+        if verified_b == b"yes":
+            source.verified = True
+        hour = when_us // 3_600_000_000
+        self.hourly_alerts[hour] += 1
+        if not summary:
+            source.scans += 1
+            source.scan_types[scan_b.decode()] += 1
+            self.hourly_scans[hour] += 1
+        self.ports[key] += 1
+        self.port_sources.setdefault(key, set()).add(src)
+        self.alert_lines += 1
+
+    def add_flood(self, when_us: int, message: bytes) -> None:
+        last = self.floods[-1] if self.floods else None
+        if last is not None and when_us - last.end_us < FLOOD_GAP_US:
+            last.end_us = when_us
+            last.lines += 1
+            return
+        self.floods.append(Flood(when_us, when_us, 1, message.decode("utf-8", "replace")[:200]))
+
+
+def check_match(match: str) -> str:
+    """The trusted journal match, validated like the jail's (``--journalmatch``)."""
+    try:
+        check_journalmatch(match)
+    except ValueError as exc:
+        raise ActivityError(str(exc)) from None
+    return match
+
+
+def open_reader(files: list[str] | None, directory: str | None) -> Any:
+    """A journal reader on the system journal, journal files, or a journal directory."""
+    from systemd import journal
+    for path in files or ():
+        if not os.path.isfile(path):
+            raise ActivityError(f"--file: {path}: no such journal file")
+    if directory is not None and not os.path.isdir(directory):
+        raise ActivityError(f"--directory: {directory}: no such directory")
+    try:
+        if files:
+            return journal.Reader(files=files)
+        if directory is not None:
+            return journal.Reader(path=directory)
+        return journal.Reader()
+    except OSError as exc:
+        raise ActivityError(f"cannot open the journal: {exc.strerror or exc}") from None
+
+
+def read_activity(reader: Any, match: str, since: float, until: float,
+                  address: str | None = None) -> Activity:
+    """Read alerts (and flood lines) in [since, until) from ``reader``; only ``address``'s if given."""
+    activity = Activity(since=since, until=until, match=match)
+    alert_terms = [f"MESSAGE_ID={MESSAGE_ID}", match]
+    if address is not None:
+        alert_terms.append(f"PORTSENTRY_SRC={address}")
+    reader.add_match(*alert_terms)
+    if address is None:
+        reader.add_disjunction()
+        reader.add_match(f"SYSLOG_IDENTIFIER={SYSLOG_IDENTIFIER}", match)
+    if since > 0:
+        reader.seek_realtime(float(since))
+    _scan(reader, activity, int(until * 1_000_000))
+    return activity
+
+
+def _scan(reader: Any, activity: Activity, until_us: int) -> None:
+    # The hot loop (a week can hold a million alerts): the reader's raw accessors, one
+    # field per entry, bytes regex; no per-entry dict of every field as Reader.get_next builds.
+    step, realtime, get = reader._next, reader._get_realtime, reader._get
+    since_us = int(activity.since * 1_000_000)
+    match_alert = _ALERT.match
+    while step():
+        when = realtime()
+        if when >= until_us:
+            break
+        if when < since_us:
+            continue
+        try:
+            message = get("MESSAGE")
+        except KeyError:
+            continue
+        found = match_alert(message)
+        if found is not None:
+            activity.add_alert(when, found.groups())
+        elif message.startswith(_FLOOD):
+            activity.add_flood(when, message)
+
+
+# --- fail2ban -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Ban:
+    """fail2ban's latest ban of one address in the jail (its ``bips`` row)."""
+
+    address: str
+    banned_at: int
+    bantime: int
+    rung: int
+
+    @property
+    def permanent(self) -> bool:
+        return self.bantime < 0
+
+    @property
+    def ends_at(self) -> int | None:
+        return None if self.permanent else self.banned_at + self.bantime
+
+    def active(self, now: float) -> bool:
+        end = self.ends_at
+        return end is None or end > now
+
+
+@dataclass
+class Bans:
+    """The jail's bans from fail2ban's database, or why they could not be read."""
+
+    database: str
+    jail: str
+    by_address: dict[str, Ban] = field(default_factory=dict)
+    error: str = ""
+
+
+def default_dbfile(confdir: str = FAIL2BAN_CONF) -> str:
+    """fail2ban's ``dbfile``: fail2ban.conf, then fail2ban.d/*.conf, fail2ban.local, fail2ban.d/*.local."""
+    parser = configparser.RawConfigParser(strict=False, interpolation=None)
+    names = [f"{confdir}/fail2ban.conf", *sorted(glob.glob(f"{confdir}/fail2ban.d/*.conf")),
+             f"{confdir}/fail2ban.local", *sorted(glob.glob(f"{confdir}/fail2ban.d/*.local"))]
+    try:
+        parser.read(names, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError):
+        return DEFAULT_DBFILE
+    return parser.get("Definition", "dbfile", fallback=DEFAULT_DBFILE).strip() or DEFAULT_DBFILE
+
+
+def read_bans(database: str, jail: str = DEFAULT_JAIL) -> Bans:
+    """Every ``bips`` row of ``jail``, read-only; a missing or unreadable database is an error note."""
+    bans = Bans(database=database, jail=jail)
+    if database == ":none:":
+        bans.error = "fail2ban keeps no database (dbfile = :none:)"
+        return bans
+    if not os.path.exists(database):
+        bans.error = f"{database}: no such file (is fail2ban installed and started?)"
+        return bans
+    uri = f"file:{urllib.parse.quote(database)}?mode=ro"
+    try:
+        connection = sqlite3.connect(uri, uri=True, timeout=5)
+        try:
+            rows = connection.execute(
+                "SELECT ip, timeofban, bantime, bancount FROM bips WHERE jail = ?", (jail,)).fetchall()
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        bans.error = f"{database}: cannot read fail2ban's bans: {exc}"
+        return bans
+    for ip, banned_at, bantime, bancount in rows:
+        address = normalize(str(ip)) or str(ip)
+        bans.by_address[address] = Ban(address, int(banned_at), int(bantime), int(bancount))
+    return bans
+
+
+def normalize(address: str) -> str | None:
+    """The address as the sensor writes it (Python's ipaddress form), or None if it is not one."""
+    try:
+        return str(ipaddress.ip_address(address.strip()))
+    except ValueError:
+        return None
+
+
+def now() -> float:
+    """The clock (a function so that tests can replace it)."""
+    return time.time()
