@@ -132,7 +132,7 @@ def text_chart(data: dict[str, Any], colour: bool) -> list[str]:
     width, rows = chart_rows(data)
     top = max((n for _, n in rows), default=0)
     unit = "hour" if width == 1 else f"{width} hours"
-    lines = [f"Scans per {unit} (UTC; each # is {max(1, math.ceil(top / BAR_WIDTH))} scan(s) at most)"]
+    lines = [f"Scans per {unit} (UTC; a full bar is {top})"]
     for label, count in rows:
         length = 0 if top == 0 else max(1 if count else 0, round(count * BAR_WIDTH / top))
         bar = "#" * length

@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -84,7 +85,7 @@ def report(stack: Stack) -> dict[str, Any]:
     return data
 
 
-def test_report_and_status_after_real_scans_and_ban(stack: Stack) -> None:
+def test_report_and_status_after_real_scans_and_ban(stack: Stack, tmp_path: Path) -> None:
     ports = ",".join(map(str, WATCHED))
     stack.lab.nmap(["-sT", "-p", ports, VICTIM4], timeout=60)
     stack.lab.nmap(["-sT", "-6", "-p", ports, VICTIM6], timeout=60)
@@ -106,6 +107,13 @@ def test_report_and_status_after_real_scans_and_ban(stack: Stack) -> None:
     assert ban["state"] == "banned" and ban["rung"] == 1 and ban["ends_at"] is not None
     assert by_address[ATTACKER6]["fail2ban"] is None
     assert sum(h["scans"] for h in data["hourly"]) == data["totals"]["scans"]
+
+    text = cli(stack, "report", "--since", "30m").stdout
+    (tmp_path / "report.txt").write_text(text)           # README's "Watching it" example comes from here
+    assert "2 sources: IPv4 1, IPv6 1; 1 banned now" in text and "banned r1 to " in text
+    html = tmp_path / "report.html"
+    assert cli(stack, "report", "--since", "30m", "--format", "html", "-o", str(html)).returncode == 0
+    assert html.read_text().count("<svg") == 3
 
     status = cli(stack, "status", ATTACKER4, "-c", str(stack.sensor.conf_path))
     assert status.returncode == 0, status.stderr
