@@ -117,6 +117,7 @@ def test_report_and_status_after_real_scans_and_ban(stack: Stack, tmp_path: Path
 
     status = cli(stack, "status", ATTACKER4, "-c", str(stack.sensor.conf_path))
     assert status.returncode == 0, status.stderr
+    (tmp_path / "status.txt").write_text(status.stdout)
     assert "  fail2ban: banned (rung 1) since " in status.stdout
     assert f"  unban:    fail2ban-client set portsentry unbanip {ATTACKER4}" in status.stdout
     assert "  scans:    connect x" in status.stdout and "  ignored:  no\n" in status.stdout, status.stdout
