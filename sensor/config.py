@@ -73,6 +73,7 @@ class Config:
     summary_max_lines: int = 2
     state_max_sources: int = 4096
     plan_refresh: int = 2
+    metrics_dir: str = ""
     path: str = ""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
@@ -227,6 +228,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     # (bench/state_memory.py): 65,536 bounds that at ~570 MiB.
     "STATE_MAX_SOURCES": ("state_max_sources", _int_in(16, 65536)),
     "PLAN_REFRESH": ("plan_refresh", _int_in(1, 3600)),
+    "METRICS_DIR": ("metrics_dir", lambda v: v.strip() if v.strip() in ("auto", "") else _path(v.strip())),
 }
 KNOWN_KEYS = tuple(_FIELDS) + BLOCKING_KEYS + LEGACY_KEYS
 MODE_KEYS = ("TCP_MODE", "UDP_MODE")

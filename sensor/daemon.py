@@ -29,6 +29,7 @@ from sensor.config import Config, ConfigError, load_config
 from sensor.detector import Detector, DetectorSettings, Probe
 from sensor.ignore import IgnoreFileError, IgnoreList, Network, local_addresses, local_networks, read_ignore_file
 from sensor.listeners import BoundListeners
+from sensor.metrics import Metrics
 from sensor.portplan import PortPlan, build_plan, read_listening
 from sensor.sinks import Emitter, sinks_for
 
@@ -103,6 +104,7 @@ class Sensor:
         self.reload_task: asyncio.Task[None] | None = None
         self.unbound: set[tuple[str, int]] = set()   # bound-mode ports to retry
         self.reload_again = False
+        self.metrics = Metrics()   # sensor/metrics.py: METRICS_DIR textfile
 
     # --- events ------------------------------------------------------------
     def admin(self, text: str, priority: int = PRIORITY_NOTICE) -> None:
@@ -119,6 +121,7 @@ class Sensor:
 
     def emit_alert(self, alert: Alert) -> None:
         """Write one alert (resolving the source's name first if configured)."""
+        self.metrics.alert(alert)
         if self.loaded.config.resolve_host and not alert.hostname:
             asyncio.get_running_loop().create_task(self._resolve_and_emit(alert))
             return
@@ -277,6 +280,7 @@ class Sensor:
             for alert in self.detector.flush(now):
                 self.emit_alert(alert)
             self.emitter.retry()
+            self.metrics.tick(self, now)
             if now - last_refresh >= self.loaded.config.plan_refresh:
                 last_refresh = now
                 await self.refresh_plan()

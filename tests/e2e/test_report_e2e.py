@@ -11,6 +11,7 @@ scans, the ban at rung 1 with its end, and after ``unbanip`` no ban.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -53,23 +54,28 @@ class Stack:
     lab: Lab
     sensor: SensorProcess
     f2b: Fail2Ban
+    metrics_dir: Path
 
 
 @pytest.fixture(scope="module")
 def stack(journald: Journal, sensor_user: tuple[str, int, int]) -> Iterator[Stack]:
     with Lab("psrep") as lab:
-        sensor = SensorProcess(lab, SENSOR_CONF, ignore_text="203.0.113.0/24\n", user=sensor_user).start()
+        metrics_dir = world_readable_dir("portsentry-metrics-")
+        os.chown(metrics_dir, sensor_user[1], sensor_user[2])
+        sensor = SensorProcess(lab, f'{SENSOR_CONF}METRICS_DIR="{metrics_dir}"\n', ignore_text="203.0.113.0/24\n",
+                               user=sensor_user).start()
         workdir = world_readable_dir("portsentry-f2b-")
         # bans the IPv4 scanner only (ignoreip): the IPv6 one stays unbanned for contrast
         f2b = Fail2Ban(lab, workdir, f"[portsentry]\njournalmatch = _UID={sensor_user[1]} _PID={sensor.pid}\n"
                                      f"bantime = 600\nfindtime = 600\nignoreip = 127.0.0.1/8 ::1 {ATTACKER6}\n")
         try:
             f2b.start()
-            yield Stack(lab, sensor, f2b)
+            yield Stack(lab, sensor, f2b, metrics_dir)
         finally:
             f2b.stop()
             sensor.close()
             shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -132,3 +138,35 @@ def test_report_and_status_after_real_scans_and_ban(stack: Stack, tmp_path: Path
         cli(stack, "status", ATTACKER4, "-c", conf).stdout + stack.f2b.log_tail()
     final = report(stack)
     assert final["totals"]["banned_now"] == 0, json.dumps(final["sources"]) + stack.f2b.log_tail()
+
+
+def test_metrics_pass_the_node_exporter(stack: Stack) -> None:
+    """The sensor's textfile, read by Debian's prometheus-node-exporter (textfile collector only) in the
+    victim namespace, listening on that namespace's loopback; /metrics fetched with curl there."""
+    prom = stack.metrics_dir / "portsentry_sensor.prom"
+    connect = 'portsentry_sensor_alerts_total{proto="tcp",scan="connect",mode="tcp",verified="yes"}'
+
+    def alerts_counted() -> int:
+        text = prom.read_text() if prom.exists() else ""
+        return sum(int(line.split()[-1]) for line in text.splitlines() if line.startswith(connect))
+    if alerts_counted() == 0:      # run alone: scan first
+        stack.lab.nmap(["-sT", "-p", ",".join(map(str, WATCHED)), VICTIM4], timeout=60)
+    assert wait_until(lambda: alerts_counted() >= 1, 15), prom.read_text() if prom.exists() else "no file"
+    stack.lab.spawn_victim(["prometheus-node-exporter", "--collector.disable-defaults", "--collector.textfile",
+                            f"--collector.textfile.directory={stack.metrics_dir}",
+                            "--web.listen-address=127.0.0.1:9100"])
+    fetched: list[str] = []
+
+    def scrape() -> bool:
+        result = stack.lab.run_victim(["curl", "-s", "--max-time", "3", "http://127.0.0.1:9100/metrics"])
+        fetched[:] = [result.stdout]
+        return result.returncode == 0 and "portsentry_sensor_" in result.stdout
+    assert wait_until(scrape, 15), fetched
+    lines = fetched[0].splitlines()
+    assert "node_textfile_scrape_error 0" in lines
+    # the exporter sorts labels by name
+    assert any(line.startswith('portsentry_sensor_alerts_total{mode="tcp",proto="tcp",scan="connect",verified="yes"} ')
+               for line in lines), lines
+    assert "# TYPE portsentry_sensor_alerts_total counter" in lines
+    assert any(line.startswith('portsentry_sensor_watched_ports{mode="tcp",proto="tcp"} 4') for line in lines), lines
+    assert any(line.startswith("portsentry_sensor_start_time_seconds ") for line in lines)
