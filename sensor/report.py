@@ -75,14 +75,17 @@ def hourly(activity: Activity) -> list[dict[str, Any]]:
              "alerts": activity.hourly_alerts.get(h, 0)} for h in range(first, last)]
 
 
-def build(activity: Activity, bans: Bans, now: float, source_label: str) -> dict[str, Any]:
-    """The report as plain data: what ``--format json`` prints, and what text and html draw."""
+def build(activity: Activity, bans: Bans, now: float, source_label: str,
+          limit: int | None = None) -> dict[str, Any]:
+    """The report as plain data: what ``--format json`` prints (every source), and what text and
+    html draw (the first ``limit`` sources)."""
     ordered = sorted(activity.sources.values(),
-                     key=lambda s: (-s.ports_touched, -s.alerts, s.address))
+                     key=lambda s: (-s.ports_touched, -s.alerts, s.address))[:limit]
+    activity.fill_ports([s.address for s in ordered])
     sources = [source_record(s, bans, now, bans.jail) for s in ordered]
     banned = [b for b in bans.by_address.values() if b.active(now)]
     ports = [{"port": f"{proto}/{port}", "alerts": count,
-              "sources": len(activity.port_sources[(proto, port)])}
+              "sources": activity.port_sources[(proto, port)]}
              for (proto, port), count in sorted(activity.ports.items(), key=lambda kv: (-kv[1], kv[0]))]
     v4 = [s for s in activity.sources.values() if s.family == "ipv4"]
     v6 = [s for s in activity.sources.values() if s.family == "ipv6"]
@@ -190,7 +193,8 @@ def journal_label(args: argparse.Namespace) -> str:
     return "system journal"
 
 
-def gather(args: argparse.Namespace, address: str | None = None) -> tuple[dict[str, Any], Activity]:
+def gather(args: argparse.Namespace, address: str | None = None,
+           limit: int | None = None) -> tuple[dict[str, Any], Activity]:
     """Read the journal and fail2ban as the arguments say; the report data."""
     now = act.now()
     until = act.parse_when(args.until, "--until", now)
@@ -204,7 +208,7 @@ def gather(args: argparse.Namespace, address: str | None = None) -> tuple[dict[s
     finally:
         reader.close()
     bans = act.read_bans(args.fail2ban_db or act.default_dbfile(), args.jail)
-    return build(activity, bans, now, journal_label(args)), activity
+    return build(activity, bans, now, journal_label(args), limit), activity
 
 
 def write_output(text: str, path: str | None) -> None:
@@ -224,7 +228,7 @@ def handle(args: argparse.Namespace) -> int:
     try:
         if args.top < 1:
             raise ActivityError("--top: must be 1 or more")
-        data, _ = gather(args)
+        data, _ = gather(args, limit=None if args.format == "json" else args.top)
         if args.format == "json":
             text = json.dumps(data, indent=2) + "\n"
         elif args.format == "html":
