@@ -136,21 +136,21 @@ class Activity:
         """
         if not rows:
             return
-        whens, srcs, keys, scans, verifieds, counts, rests = zip(*rows)
+        whens, srcs, keys, scans, verifieds, counts, rests = zip(*rows, strict=False)
         first = [b" continues: " not in rest for rest in rests]
         hours = [when // 3_600_000_000 for when in whens]
         self.alert_lines += len(rows)
         self._alerts.update(srcs)
         self._ports.update(keys)
-        self._pairs.update(zip(srcs, keys))
-        self._last.update(zip(srcs, whens))
-        for src, when in dict(zip(reversed(srcs), reversed(whens))).items():
+        self._pairs.update(zip(srcs, keys, strict=False))
+        self._last.update(zip(srcs, whens, strict=False))
+        for src, when in dict(zip(reversed(srcs), reversed(whens), strict=False)).items():
             self._first.setdefault(src, when)
-        self._scan_types.update(itertools.compress(zip(srcs, scans), first))
+        self._scan_types.update(itertools.compress(zip(srcs, scans, strict=False), first))
         self.hourly_alerts.update(hours)
         self.hourly_scans.update(itertools.compress(hours, first))
         self._verified.update(itertools.compress(srcs, [v == b"yes" for v in verifieds]))
-        highest = dict(sorted(zip(srcs, map(int, counts)), key=operator.itemgetter(1)))
+        highest = dict(sorted(zip(srcs, map(int, counts), strict=False), key=operator.itemgetter(1)))
         for src, count in highest.items():
             if count > self._max_count.get(src, 0):
                 self._max_count[src] = count
