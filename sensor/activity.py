@@ -16,6 +16,7 @@ import configparser
 import glob
 import ipaddress
 import itertools
+import multiprocessing
 import operator
 import os
 import re
@@ -155,6 +156,22 @@ class Activity:
             if count > self._max_count.get(src, 0):
                 self._max_count[src] = count
 
+    def merge(self, later: Activity) -> None:
+        """Add the (unfinished) aggregates of the span that follows this one."""
+        self.alert_lines += later.alert_lines
+        for counter in ("_alerts", "_ports", "_scan_types", "hourly_alerts", "hourly_scans"):
+            getattr(self, counter).update(getattr(later, counter))
+        self._pairs |= later._pairs
+        self._verified |= later._verified
+        self._last.update(later._last)
+        for src, when in later._first.items():
+            self._first.setdefault(src, when)
+        for src, count in later._max_count.items():
+            if count > self._max_count.get(src, 0):
+                self._max_count[src] = count
+        for flood in later.floods:
+            self.add_flood(flood.start_us, flood.first_message.encode(), flood)
+
     def finish(self) -> None:
         """Build :attr:`sources`, :attr:`ports` and :attr:`port_sources` from the columns.
 
@@ -184,13 +201,15 @@ class Activity:
             if source is not None:
                 source.ports.add(_port(key))
 
-    def add_flood(self, when_us: int, message: bytes) -> None:
+    def add_flood(self, when_us: int, message: bytes, episode: Flood | None = None) -> None:
+        """One flood line (or a whole episode from a later span): joins the last episode if close."""
+        episode = episode or Flood(when_us, when_us, 1, message.decode("utf-8", "replace")[:200])
         last = self.floods[-1] if self.floods else None
-        if last is not None and when_us - last.end_us < FLOOD_GAP_US:
-            last.end_us = when_us
-            last.lines += 1
+        if last is not None and episode.start_us - last.end_us < FLOOD_GAP_US:
+            last.end_us = episode.end_us
+            last.lines += episode.lines
             return
-        self.floods.append(Flood(when_us, when_us, 1, message.decode("utf-8", "replace")[:200]))
+        self.floods.append(episode)
 
 
 def _port(key: bytes) -> tuple[str, int]:
@@ -229,6 +248,38 @@ def open_reader(files: list[str] | None, directory: str | None) -> Any:
 def read_activity(reader: Any, match: str, since: float, until: float,
                   address: str | None = None) -> Activity:
     """Read alerts (and flood lines) in [since, until) from ``reader``; only ``address``'s if given."""
+    activity = _read(reader, match, since, until, address)
+    activity.finish()
+    return activity
+
+
+def read_activity_split(files: list[str] | None, directory: str | None, match: str, since: float,
+                        until: float, workers: int = 2) -> Activity:
+    """Like read_activity on a reader of its own, the period cut into ``workers`` equal spans of time
+    read in parallel (forked processes; this one reads the first span), then merged."""
+    edges = [since + (until - since) * index / workers for index in range(workers + 1)]
+    spans = list(itertools.pairwise(edges))
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers - 1) as pool:
+        later = [pool.apply_async(_read_span, (files, directory, match, lo, hi)) for lo, hi in spans[1:]]
+        activity = _read_span(files, directory, match, *spans[0])
+        for part in later:
+            activity.merge(part.get(timeout=3600))
+    activity.until = until
+    activity.finish()
+    return activity
+
+
+def _read_span(files: list[str] | None, directory: str | None, match: str, since: float,
+               until: float) -> Activity:
+    reader = open_reader(files, directory)
+    try:
+        return _read(reader, match, since, until, None)
+    finally:
+        reader.close()
+
+
+def _read(reader: Any, match: str, since: float, until: float, address: str | None) -> Activity:
     activity = Activity(since=since, until=until, match=match)
     alert_terms = [f"MESSAGE_ID={MESSAGE_ID}", match]
     if address is not None:
@@ -271,7 +322,6 @@ def _scan(reader: Any, activity: Activity, until_us: int) -> None:
         elif message.startswith(_FLOOD):
             activity.add_flood(when, message)
     activity.add_rows(rows)
-    activity.finish()
 
 
 # --- fail2ban -----------------------------------------------------------------------

@@ -261,3 +261,15 @@ def test_status_ipv6_normalised_and_expired(world: list[str], tmp_path: Path,
     assert code == 0 and out.startswith("2001:db8::5\n")
     assert "  scans:    connect x2" in out and "verified: yes" in out
     assert "not banned now (last ban rung 1 ended 2026-12-01T14:10:00Z)" in out
+
+
+def test_parallel_spans_equal_one_reader(world: list[str]) -> None:
+    """report reads two halves of the period in parallel (activity.read_activity_split): the merged
+    result equals one reader's, a flood episode cut by the boundary included."""
+    since, until = float(T0), float(T0 + 6 * 3600 + 40 * 2)   # the boundary falls at 13:00:40
+    one = activity.read_activity(activity.open_reader([world[1]], None), activity.DEFAULT_MATCH, since, until)
+    two = activity.read_activity_split([world[1]], None, activity.DEFAULT_MATCH, since, until, 2)
+    assert two.alert_lines == one.alert_lines == 6
+    assert two.sources == one.sources and two.ports == one.ports and two.port_sources == one.port_sources
+    assert (two.hourly_scans, two.hourly_alerts) == (one.hourly_scans, one.hourly_alerts)
+    assert two.floods == one.floods and [f.lines for f in two.floods] == [3, 1]
