@@ -128,6 +128,8 @@ class Activity:
     _last: dict[bytes, int] = field(default_factory=dict)
     _max_count: dict[bytes, int] = field(default_factory=dict)
     _verified: set[bytes] = field(default_factory=set)
+    _distinct: Counter[bytes] | None = None       # per source: distinct ports (precount)
+    _by_port: Counter[bytes] | None = None        # per port: distinct sources (precount)
 
     def add_rows(self, rows: list[tuple[Any, ...]]) -> None:
         """Fold (when_us, src, b"tcp dport=22", scan, verified, count, rest) rows in, column by column.
@@ -156,8 +158,20 @@ class Activity:
             if count > self._max_count.get(src, 0):
                 self._max_count[src] = count
 
+    def precount(self) -> None:
+        """Count distinct (source, port) pairs per source and per port now, in the span's own process."""
+        self._distinct = Counter(map(operator.itemgetter(0), self._pairs))
+        self._by_port = Counter(map(operator.itemgetter(1), self._pairs))
+
     def merge(self, later: Activity) -> None:
-        """Add the (unfinished) aggregates of the span that follows this one."""
+        """Add the precounted aggregates of the span that follows this one."""
+        assert self._distinct is not None and self._by_port is not None
+        assert later._distinct is not None and later._by_port is not None
+        both = self._pairs & later._pairs            # counted in each span: once too often
+        self._distinct.update(later._distinct)
+        self._distinct.subtract(map(operator.itemgetter(0), both))
+        self._by_port.update(later._by_port)
+        self._by_port.subtract(map(operator.itemgetter(1), both))
         self.alert_lines += later.alert_lines
         for counter in ("_alerts", "_ports", "_scan_types", "hourly_alerts", "hourly_scans"):
             getattr(self, counter).update(getattr(later, counter))
@@ -178,8 +192,10 @@ class Activity:
         Each source's list of ports is filled only on request (:meth:`fill_ports`): the
         counts come from C-level Counters over the (source, port) pairs.
         """
-        distinct = Counter(map(operator.itemgetter(0), self._pairs))
-        by_port = Counter(map(operator.itemgetter(1), self._pairs))
+        if self._distinct is None or self._by_port is None:
+            self.precount()
+        assert self._distinct is not None and self._by_port is not None
+        distinct, by_port = self._distinct, self._by_port
         decoded = {key: _port(key) for key in self._ports}
         self.ports = Counter({decoded[key]: count for key, count in self._ports.items()})
         self.port_sources = Counter({decoded[key]: count for key, count in by_port.items()})
@@ -274,9 +290,11 @@ def _read_span(files: list[str] | None, directory: str | None, match: str, since
                until: float) -> Activity:
     reader = open_reader(files, directory)
     try:
-        return _read(reader, match, since, until, None)
+        activity = _read(reader, match, since, until, None)
     finally:
         reader.close()
+    activity.precount()
+    return activity
 
 
 def _read(reader: Any, match: str, since: float, until: float, address: str | None) -> Activity:
