@@ -42,6 +42,7 @@ FLOOD_GAP_US = 300 * 1_000_000
 _ALERT = re.compile(rb"attackalert: src=(\S+) dst=\S+ proto=((?:tcp|udp) dport=\d+) scan=(\w+) mode=\w+ "
                     rb"verified=(yes|no) count=(\d+) (.*)")
 _FLOOD = b"adminalert: flood"
+_SUPPRESSED = re.compile(r"(\d+) suppressed")
 _CHUNK = 100_000
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -98,12 +99,31 @@ class Source:
 
 @dataclass
 class Flood:
-    """A run of ``adminalert: flood`` lines less than FLOOD_GAP_US apart."""
+    """One flood episode: the flood guard's (sensor/flood.py) ``adminalert: flood: ...`` start line,
+    its ``flood continues`` reports and its ``flood ended ...: N ... sources, M suppressed`` line.
+    Other wording after ``adminalert: flood`` still counts: lines less than FLOOD_GAP_US apart
+    form one episode unless an end line closed it."""
 
     start_us: int
     end_us: int
     lines: int
     first_message: str
+    opened: bool = False                 # began with the guard's start line
+    closed: bool = False                 # an end line was seen
+    suppressed: int | None = None        # from the end line
+
+    @classmethod
+    def from_line(cls, when_us: int, message: bytes) -> Flood:
+        text = message.decode("utf-8", "replace")
+        episode = cls(when_us, when_us, 1, text[:200], opened=text.startswith("adminalert: flood:"))
+        episode.note(text)
+        return episode
+
+    def note(self, text: str) -> None:
+        if text.startswith("adminalert: flood ended"):
+            self.closed = True
+            found = _SUPPRESSED.search(text)
+            self.suppressed = int(found.group(1)) if found else None
 
 
 @dataclass
@@ -218,14 +238,16 @@ class Activity:
                 source.ports.add(_port(key))
 
     def add_flood(self, when_us: int, message: bytes, episode: Flood | None = None) -> None:
-        """One flood line (or a whole episode from a later span): joins the last episode if close."""
-        episode = episode or Flood(when_us, when_us, 1, message.decode("utf-8", "replace")[:200])
+        """One flood line (or a whole episode from a later span): continues the open episode, if any."""
+        episode = episode or Flood.from_line(when_us, message)
         last = self.floods[-1] if self.floods else None
-        if last is not None and episode.start_us - last.end_us < FLOOD_GAP_US:
-            last.end_us = episode.end_us
-            last.lines += episode.lines
+        if (last is None or last.closed or episode.opened
+                or episode.start_us - last.end_us >= FLOOD_GAP_US):
+            self.floods.append(episode)
             return
-        self.floods.append(episode)
+        last.end_us = episode.end_us
+        last.lines += episode.lines
+        last.closed, last.suppressed = episode.closed, episode.suppressed
 
 
 def _port(key: bytes) -> tuple[str, int]:

@@ -108,7 +108,8 @@ def build(activity: Activity, bans: Bans, now: float, source_label: str,
         "sources": sources,
         "ports": ports,
         "floods": [{"start": iso(f.start_us / 1e6), "end": iso(f.end_us / 1e6), "lines": f.lines,
-                    "message": f.first_message} for f in activity.floods],
+                    "ended": f.closed, "suppressed": f.suppressed, "message": f.first_message}
+                   for f in activity.floods],
         "fail2ban": {
             "database": bans.database, "jail": bans.jail, "error": bans.error or None,
             "bans": [{"address": b.address, "rung": b.rung, "permanent": b.permanent,
@@ -176,7 +177,8 @@ def render_text(data: dict[str, Any], top: int, colour: bool) -> str:
     out += [f"{p['port']:<10} {p['alerts']:>7} {p['sources']:>7}" for p in data["ports"][:top]]
     if data["floods"]:
         out += ["", "Flood episodes (adminalert: flood lines)"]
-        out += [f"{f['start']} to {f['end']}  {f['lines']} line(s)  {f['message'][:60]}" for f in data["floods"]]
+        out += [f"{f['start']} to {f['end']}{'' if f['ended'] else ' (not ended)'}  {f['lines']} line(s), "
+                f"{'?' if f['suppressed'] is None else f['suppressed']} suppressed" for f in data["floods"]]
     f2b = data["fail2ban"]
     out += ["", f"fail2ban jail {f2b['jail']}: " + (f"unknown: {f2b['error']}" if f2b["error"] else
                                                     f"{len(f2b['bans'])} banned now ({f2b['database']})")]

@@ -31,6 +31,9 @@ T0 = calendar.timegm((2026, 12, 1, 10, 0, 0))  # 2026-12-01T10:00:00Z
 NOW = T0 + 6 * 3600
 UNIT = {"_SYSTEMD_UNIT": "portsentry-sensor.service", "_UID": "998", "SYSLOG_IDENTIFIER": "portsentry-sensor"}
 SCANNER = "198.51.100.7"
+FLOOD_START = ("flood: more than 20 new unverified sources in one second; until it ends single-probe sources "
+               "are counted, not alerted: a source must touch more than 5 ports (and SCAN_TRIGGER) to alert, "
+               "at most 20 such alerts per second; verified=yes probes are unaffected")
 V6 = "2001:db8::5"
 
 
@@ -57,10 +60,15 @@ def entries() -> list[tuple[float, dict[str, str]]]:
         (scan + 1.5, alert(SCANNER, 161, scan="udp", proto="udp")),
         (T0 + 2 * 3600 + 10, alert(V6, 23, scan="connect", verified=True)),
         (T0 + 2 * 3600 + 20, alert(V6, 25, scan="connect", verified=True)),
-        (T0 + 3 * 3600, admin("flood: 20000 probes/s from many sources, alerts suppressed")),
-        (T0 + 3 * 3600 + 10, admin("flood: still")),
-        (T0 + 3 * 3600 + 40, admin("flood over: 4 alerts suppressed")),
-        (T0 + 4 * 3600, admin("flood: again")),
+        # the flood guard's lines (sensor/flood.py): start, report, end; then a second flood that
+        # starts a minute later and has not ended when the period does
+        (T0 + 3 * 3600, admin(FLOOD_START)),
+        (T0 + 3 * 3600 + 10, admin("flood continues: 5000 new unverified sources in 10 s, 4990 suppressed, "
+                                   "10 alerted for scan behaviour, 0 deferred; top ports 22 (900); "
+                                   "top prefixes 198.18.0.0/16 (5000)")),
+        (T0 + 3 * 3600 + 40, admin("flood ended after 40 s: 9000 new unverified sources, 8990 suppressed, "
+                                   "10 alerted for scan behaviour; single-probe sources alert again")),
+        (T0 + 3 * 3600 + 100, admin(FLOOD_START)),
         (T0 + 4 * 3600 + 30, admin("started, watching 1000 TCP ports")),
         # a local user's forgery: same MESSAGE_ID and text, but its own _UID and no unit
         (T0 + 3 * 3600 + 5, {**alert("203.0.113.50", 22), "_SYSTEMD_UNIT": "user@1000.service", "_UID": "1000"}),
@@ -120,8 +128,9 @@ def test_report_json_counts(world: list[str], capsys: pytest.CaptureFixture[str]
     assert v6["verified"] is True and v6["scan_types"] == {"connect": 2}
     assert v6["fail2ban"]["state"] == "expired"
     assert data["ports"][0] == {"port": "tcp/22", "alerts": 1, "sources": 1}
-    assert [(f["start"], f["lines"]) for f in data["floods"]] == [("2026-12-01T13:00:00Z", 3),
-                                                                  ("2026-12-01T14:00:00Z", 1)]
+    assert [(f["start"], f["end"], f["lines"], f["ended"], f["suppressed"]) for f in data["floods"]] == [
+        ("2026-12-01T13:00:00Z", "2026-12-01T13:00:40Z", 3, True, 8990),
+        ("2026-12-01T13:01:40Z", "2026-12-01T13:01:40Z", 1, False, None)]    # a new start line: a new episode
     bans = {b["address"]: b for b in data["fail2ban"]["bans"]}
     assert sorted(bans) == ["198.51.100.7", "203.0.113.9"]     # sshd's ban is another jail
     assert bans["203.0.113.9"] == {"address": "203.0.113.9", "rung": 4, "permanent": True,
