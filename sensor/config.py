@@ -75,6 +75,7 @@ class Config:
     flood_sources: int = 20
     flood_ports: int = 5
     plan_refresh: int = 2
+    metrics_dir: str = ""
     path: str = ""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
@@ -231,6 +232,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "FLOOD_SOURCES": ("flood_sources", _int_in(0, 1_000_000)),
     "FLOOD_PORTS": ("flood_ports", _int_in(1, 65535)),
     "PLAN_REFRESH": ("plan_refresh", _int_in(1, 3600)),
+    "METRICS_DIR": ("metrics_dir", lambda v: v.strip() if v.strip() in ("auto", "") else _path(v.strip())),
 }
 KNOWN_KEYS = tuple(_FIELDS) + BLOCKING_KEYS + LEGACY_KEYS
 MODE_KEYS = ("TCP_MODE", "UDP_MODE")

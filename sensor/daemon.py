@@ -30,6 +30,7 @@ from sensor.config import Config, ConfigError, load_config
 from sensor.detector import Detector, DetectorSettings, Probe
 from sensor.ignore import IgnoreFileError, IgnoreList, Network, local_addresses, local_networks, read_ignore_file
 from sensor.listeners import BoundListeners, failure_lines, limit_summary
+from sensor.metrics import Metrics
 from sensor.portplan import PortPlan, build_plan, read_listening
 from sensor.sinks import Emitter, sinks_for
 
@@ -172,6 +173,7 @@ class Sensor:
         self.reload_again = False
         self.lookups: set[asyncio.Task[None]] = set()  # RESOLVE_HOST lookups under way
         self.resolver = Resolver()
+        self.metrics = Metrics()   # sensor/metrics.py: METRICS_DIR textfile
 
     # --- events ------------------------------------------------------------
     def admin(self, text: str, priority: int = PRIORITY_NOTICE) -> None:
@@ -205,6 +207,7 @@ class Sensor:
             self.lookups.add(task)
             task.add_done_callback(self.lookups.discard)
             return
+        self.metrics.alert(alert)
         message, fields = format_alert(alert)
         self.emitter.emit(message, fields)
 
@@ -383,6 +386,7 @@ class Sensor:
                 self.emit_alert(alert)
             self.flood_lines()
             self.emitter.retry()
+            self.metrics.tick(self, now)
             if now - last_refresh >= self.loaded.config.plan_refresh:
                 last_refresh = now
                 await self.refresh_plan()

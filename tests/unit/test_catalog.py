@@ -1,0 +1,62 @@
+"""The journal catalog (catalog/portsentry-sensor.catalog): journalctl -x explains an alert.
+
+The catalog is compiled into a temporary root (journalctl --root=DIR --update-catalog),
+never into the host's database; journalctl -x then reads it in a private mount namespace
+(unshare -m) where that root's database is bound over /var/lib/systemd/catalog.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from journalfile import write_journal
+
+from sensor.alert import MESSAGE_ID, Alert, format_alert
+
+REPO = Path(__file__).resolve().parents[2]
+CATALOG = REPO / "catalog" / "portsentry-sensor.catalog"
+HOST_DB = Path("/var/lib/systemd/catalog/database")
+
+
+def compiled_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "usr/lib/systemd/catalog").mkdir(parents=True)
+    shutil.copy(CATALOG, root / "usr/lib/systemd/catalog")
+    subprocess.run(["journalctl", f"--root={root}", "--update-catalog"], check=True, timeout=60)
+    return root
+
+
+def test_catalog_is_installed_by_the_package() -> None:
+    install = (REPO / "packaging/debian/portsentry-sensor.install").read_text().splitlines()
+    assert "catalog/portsentry-sensor.catalog usr/lib/systemd/catalog/" in install
+
+
+def test_catalog_compiles_and_lists_the_alert_id(tmp_path: Path) -> None:
+    before = HOST_DB.stat().st_mtime_ns if HOST_DB.exists() else None
+    root = compiled_root(tmp_path)
+    out = subprocess.run(["journalctl", f"--root={root}", "--list-catalog"], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.startswith(f"{MESSAGE_ID} portsentry-sensor: Port scan from @PORTSENTRY_SRC@")
+    assert (HOST_DB.stat().st_mtime_ns if HOST_DB.exists() else None) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="unshare -m needs root")
+def test_journalctl_x_explains_an_alert(tmp_path: Path) -> None:
+    root = compiled_root(tmp_path)
+    message, fields = format_alert(Alert(src="198.51.100.7", dst="192.0.2.10", proto="tcp", dport=22, scan="syn",
+                                         mode="atcp", verified=False, count=1))
+    journal = write_journal(tmp_path / "alert.journal", [(1_764_000_000, {**fields, "MESSAGE": message})])
+    script = (f"mount --bind {root}/var/lib/systemd/catalog /var/lib/systemd/catalog && "
+              f"journalctl -x --no-pager --file {journal} MESSAGE_ID={MESSAGE_ID}")
+    out = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert "░░ Subject: Port scan from 198.51.100.7: syn probe of tcp port 22" in out
+    assert "░░ portsentry-sensor saw 198.51.100.7 probe tcp port" in out
+    assert "░░     fail2ban-client set portsentry unbanip 198.51.100.7" in out
