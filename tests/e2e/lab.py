@@ -59,7 +59,7 @@ ICMP_ECHO = REPO_ROOT / "tools" / "icmp-echo"
 # (tests/test_commands.py checks this list against the sources and against dpkg).
 TOOLS = ("ip", "nmap", "setpriv", "journalctl", "ss", "fail2ban-server", "fail2ban-client", "fail2ban-regex",
          "nft", "iptables", "ip6tables", "iptables-save", "ip6tables-save", "logger", "curl", "unshare",
-         "useradd", "cat", "rm", "crowdsec", "cscli", "crowdsec-firewall-bouncer")
+         "useradd", "cat", "rm", "crowdsec", "cscli", "crowdsec-firewall-bouncer", "prometheus-node-exporter")
 
 VICTIM4, VICTIM6 = "192.0.2.1", "2001:db8::1"
 ATTACKER4, ATTACKER6 = "192.0.2.2", "2001:db8::2"
