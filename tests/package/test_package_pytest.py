@@ -40,7 +40,8 @@ pytestmark = pytest.mark.package
 PYTHON_SUITES = ("trixie",)
 TOOLS = ("python3-pytest", "python3-pytest-timeout", "python3-hypothesis", "python3-systemd",
          "python3-watchdog", "python3-jinja2", "python3-nftables", "fail2ban")
-COPIED = ("sensor", "fail2ban", "etc", "tests/conftest.py", "tests/ci.py", "tests/pristine.py", "tests/roots",
+COPIED = ("sensor", "fail2ban", "etc", "packaging/debian/portsentry-sensor.service", "tests/conftest.py",
+          "tests/ci.py", "tests/pristine.py", "tests/roots",
           "tests/unit", "tests/filter", "setup.cfg")
 NOT_RUN = {
     "tests/test_lint.py": "ruff and mypy are PyPI tools (requirements-test.txt)",

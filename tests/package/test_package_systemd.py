@@ -281,7 +281,8 @@ def test_reload_applies_and_a_config_error_does_not_loop(booted: Booted) -> None
     conf = booted.root.file("/etc/portsentry-sensor/portsentry.conf")
     good = conf.read_text()
     try:
-        conf.write_text(good + '\nADVANCED_PORTS_TCP="70000"\n')
+        # At the top: the first occurrence of a key is the one that counts (PortSentry's rule).
+        conf.write_text('ADVANCED_PORTS_TCP="70000"\n' + good)
         assert booted.sh("systemctl reload portsentry-sensor", check=False).returncode != 0
         assert booted.show("ActiveState")["ActiveState"] == "active"
         booted.sh("systemctl restart portsentry-sensor", check=False)
