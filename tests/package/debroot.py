@@ -46,7 +46,8 @@ AUTOPKGTEST = ("autopkgtest",)
 # Debian's own test tools, to run the unit and filter tests under the suite's
 # Python (test_package_pytest.py); only trixie's 3.13 needs this (the host is
 # bookworm with 3.11).  And trixie's lintian (the host's is bookworm's).
-PYTEST = ("python3-pytest", "python3-pytest-timeout", "python3-hypothesis")
+PYTEST = ("python3-pytest", "python3-pytest-timeout", "python3-hypothesis", "python3-pygal",
+          "systemd-journal-remote")
 # CrowdSec, for the portsentry-sensor-crowdsec package (test_package_crowdsec.py).
 CROWDSEC = ("crowdsec",)
 EXTRA = {"bookworm": AUTOPKGTEST + CROWDSEC, "trixie": AUTOPKGTEST + CROWDSEC + PYTEST + ("lintian",)}
@@ -232,7 +233,7 @@ def fresh_root(where: Path, suite: str) -> DebianRoot:
 
 
 # What tools/build-deb reads from the source tree (copied into roots for tools/install).
-SHIPPED = ("sensor", "etc", "fail2ban", "crowdsec", "doc", "packaging", "tools")
+SHIPPED = ("sensor", "etc", "fail2ban", "crowdsec", "catalog", "doc", "packaging", "tools")
 
 
 def copy_source_tree(target: Path) -> None:
