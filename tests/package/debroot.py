@@ -36,7 +36,8 @@ SUITES = ("bookworm", "trixie")
 MIRROR = os.environ.get("PORTSENTRY_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # Our Depends (see packaging/debian/control), downloaded into the cached root.
 DEPENDS = ("python3", "python3-systemd", "python3-watchdog", "python3-jinja2",
-           "fail2ban", "nftables", "python3-nftables", "adduser")
+           "fail2ban", "nftables", "python3-nftables", "adduser",
+           "python3-pygal")  # Recommends: apt installs it with the package by default
 # What tools/install needs to build the package (its build dependencies).
 BUILD_DEPENDS = ("debhelper", "dh-python", "dpkg-dev")
 # systemd as init, for booting the root with systemd-nspawn.
