@@ -113,11 +113,30 @@ class Stack:
     uid: int
 
 
-def jail_local(uid: int, pid: int) -> str:
+def jail_local(uid: int, pid: int, extra: str = "") -> str:
     """The test .local: short times, the sensor's _UID (and _PID: see the module docstring)."""
-    return (f"[portsentry]\njournalmatch = _UID={uid} _PID={pid}\n"
+    return (f"[portsentry]\njournalmatch = _UID={uid} _PID={pid}\n{extra}"
             "bantime = 2\nfindtime = 60\nbantime.multipliers = 1 3\n"
             "escalate_after = 3\nescalate_window = 1h\n")
+
+
+@contextlib.contextmanager
+def jail_stack(lab: Lab, journald: Journal, sensor_user: tuple[str, int, int],
+               local_extra: str = "") -> Iterator[Stack]:
+    """In ``lab``'s victim: a web server, a UDP echo, the sensor and fail2ban with jail_local()."""
+    lab.serve_tcp(SERVICE_TCP)
+    lab.spawn_victim([SYSTEM_PYTHON, "-c", UDP_ECHO])
+    wait_until(lambda: lab.listening(lab.victim, "udp", SERVICE_UDP), 10)
+    sensor = SensorProcess(lab, SENSOR_CONF, user=sensor_user).start()
+    workdir = world_readable_dir("portsentry-f2b-")
+    f2b = Fail2Ban(lab, workdir, jail_local(sensor_user[1], sensor.pid, local_extra))
+    try:
+        f2b.start()
+        yield Stack(lab, journald, sensor, f2b, sensor_user[1])
+    finally:
+        f2b.stop()
+        sensor.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -125,19 +144,8 @@ def stack(journald: Journal, sensor_user: tuple[str, int, int]) -> Iterator[Stac
     """Victim with a web server, a UDP echo, the sensor and fail2ban; attacker next door."""
     with Lab("psjail") as lab:
         lab.add_attacker("b", SECOND4, SECOND6)
-        lab.serve_tcp(SERVICE_TCP)
-        lab.spawn_victim([SYSTEM_PYTHON, "-c", UDP_ECHO])
-        wait_until(lambda: lab.listening(lab.victim, "udp", SERVICE_UDP), 10)
-        sensor = SensorProcess(lab, SENSOR_CONF, user=sensor_user).start()
-        workdir = world_readable_dir("portsentry-f2b-")
-        f2b = Fail2Ban(lab, workdir, jail_local(sensor_user[1], sensor.pid))
-        try:
-            f2b.start()
-            yield Stack(lab, journald, sensor, f2b, sensor_user[1])
-        finally:
-            f2b.stop()
-            sensor.close()
-            shutil.rmtree(workdir, ignore_errors=True)
+        with jail_stack(lab, journald, sensor_user) as built:
+            yield built
 
 
 def tcp_ok(stack: Stack, address: str, port: int = SERVICE_TCP) -> bool:

@@ -19,34 +19,27 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
 
 import pytest
-from f2b import TABLE, Fail2Ban
+from f2b import TABLE
 from lab import (
     ATTACKER4,
     ATTACKER6,
-    SYSTEM_PYTHON,
     VICTIM4,
     VICTIM6,
     Journal,
     Lab,
-    SensorProcess,
     wait_until,
-    world_readable_dir,
 )
 from test_jail_ban import (
-    SENSOR_CONF,
-    SERVICE_TCP,
-    SERVICE_UDP,
-    UDP_ECHO,
     Stack,
     assert_banned,
     assert_free,
     ban_times,
+    jail_stack,
     scan,
     tcp_ok,
 )
@@ -57,30 +50,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 BULK = 3000
 
 
-def jail_local(uid: int, pid: int) -> str:
-    """As test_jail_ban's .local (short ladder), with the libnftables action chosen explicitly."""
-    return (f"[portsentry]\njournalmatch = _UID={uid} _PID={pid}\nbanaction = portsentry-nft.py\n"
-            "bantime = 2\nfindtime = 60\nbantime.multipliers = 1 3\n"
-            "escalate_after = 3\nescalate_window = 1h\n")
-
-
 @pytest.fixture(scope="module")
 def stack(journald: Journal, sensor_user: tuple[str, int, int]) -> Iterator[Stack]:
     """Victim with a web server, a UDP echo, the sensor and fail2ban (portsentry-nft); attacker next door."""
-    with Lab("psjnft") as lab:
-        lab.serve_tcp(SERVICE_TCP)
-        lab.spawn_victim([SYSTEM_PYTHON, "-c", UDP_ECHO])
-        wait_until(lambda: lab.listening(lab.victim, "udp", SERVICE_UDP), 10)
-        sensor = SensorProcess(lab, SENSOR_CONF, user=sensor_user).start()
-        workdir = world_readable_dir("portsentry-f2bnft-")
-        f2b = Fail2Ban(lab, workdir, jail_local(sensor_user[1], sensor.pid))
-        try:
-            f2b.start()
-            yield Stack(lab, journald, sensor, f2b, sensor_user[1])
-        finally:
-            f2b.stop()
-            sensor.close()
-            shutil.rmtree(workdir, ignore_errors=True)
+    with Lab("psjnft") as lab, jail_stack(lab, journald, sensor_user, "banaction = portsentry-nft.py\n") as built:
+        yield built
 
 
 def chain_rules(stack: Stack) -> list[str]:
