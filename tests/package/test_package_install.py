@@ -15,6 +15,7 @@ test_package_systemd.py, under a real systemd.
 from __future__ import annotations
 
 import socket
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -47,9 +48,10 @@ class Installed:
 
 
 def depends(deb: Path) -> list[str]:
-    """Package names from the .deb's Depends (versions and :any stripped)."""
-    field = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True,
-                           text=True, check=True).stdout
+    """Package names from the .deb's Depends and Recommends (apt installs both; versions and :any stripped)."""
+    fields = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends", "Recommends"], capture_output=True,
+                            text=True, check=True).stdout
+    field = ",".join(re.split(r"^(?:Depends|Recommends):", fields, flags=re.M)).replace("\n", " ")
     names = [part.split("(")[0].split(":")[0].strip() for part in field.split(",")]
     return sorted({name for name in names if name})
 
