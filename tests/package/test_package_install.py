@@ -14,8 +14,8 @@ test_package_systemd.py, under a real systemd.
 
 from __future__ import annotations
 
-import socket
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
