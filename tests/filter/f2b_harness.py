@@ -18,12 +18,15 @@ debootstrap) whose fail2ban runs the same harness through chroot.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 from pristine import NotPristine, copy_pristine, on_host
 from pristine import _query as pristine_query
@@ -108,6 +111,19 @@ def _check_failjson(where: str, data: dict[str, object]) -> None:
                           f"them with capture groups; use only {', '.join(sorted(FAILJSON_KEYS))}")
     if data.get("match") and not (data.get("host") and data.get("time")):
         raise SampleError(f"{where}: a line that must match needs its \"host\" and \"time\"")
+
+
+def load_action_file(path: Path, name: str) -> ModuleType:
+    """Import one of our Python actions by path, as fail2ban does, leaving no __pycache__ in the pack."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    saved, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = saved
+    return module
 
 
 def _query(args: list[str], root: Path | None) -> str:

@@ -22,6 +22,8 @@ if importlib.util.find_spec("fail2ban") is None:
     if in_ci():
         raise ImportError("fail2ban is not installed in CI (tools/setup-env installs it)")
     pytest.skip("fail2ban is not installed (tools/setup-env installs it)", allow_module_level=True)
+from f2b_harness import load_action_file
+
 from fail2ban.server.banmanager import BanManager
 from fail2ban.server.database import Fail2BanDb
 from fail2ban.server.mytime import MyTime
@@ -33,15 +35,7 @@ ADDR = "198.51.100.7"
 
 def load_action() -> ModuleType:
     """Import the action file as fail2ban does (by path), leaving no __pycache__ in the pack."""
-    spec = importlib.util.spec_from_file_location("portsentry_escalate", ACTION)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    saved, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = saved
-    return module
+    return load_action_file(ACTION, "portsentry_escalate")
 
 
 class FakeJail:

@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -27,6 +26,8 @@ if importlib.util.find_spec("fail2ban") is None:
     if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
         raise ImportError("fail2ban is not installed in CI (tools/setup-env installs it)")
     pytest.skip("fail2ban is not installed (tools/setup-env installs it)", allow_module_level=True)
+from f2b_harness import load_action_file
+
 from fail2ban.server.actions import Actions
 
 ACTION = Path(__file__).resolve().parents[2] / "fail2ban" / "action.d" / "portsentry-nft.py"
@@ -147,15 +148,7 @@ class FakeNft:
 
 def load_module() -> ModuleType:
     """Import the action file by path (as fail2ban does), no __pycache__ in the pack."""
-    spec = importlib.util.spec_from_file_location("portsentry_nft", ACTION)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    saved, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = saved
-    return module
+    return load_action_file(ACTION, "portsentry_nft")
 
 
 @pytest.fixture

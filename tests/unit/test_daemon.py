@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
+import threading
 from pathlib import Path
+
+import pytest
 
 from sensor.daemon import Sensor, describe
 from sensor.portplan import PortPlan
@@ -261,15 +264,8 @@ def test_a_lookup_that_raises_still_writes_the_alert(tmp_path: Path) -> None:
         assert "host=" not in lines[0]
 
 
-def test_shutdown_writes_pending_and_closing_alerts_while_a_lookup_hangs(tmp_path: Path) -> None:
-    """Regression: at SIGTERM the closing summary went into a new lookup task that asyncio.run then
-    cancelled (lost), as was an alert whose lookup was still running; and a hung lookup thread held up
-    the exit.  Now both are written without a name, and the hung lookup does not hold up the exit."""
-    import threading
-
-    from sensor.detector import Probe
-
-    sensor, stream = _resolving_sensor(tmp_path)
+def _hanging_lookups() -> tuple[threading.Event, list[str], pytest.MonkeyPatch]:
+    """Reverse lookups that hang until the returned event is set; the addresses asked; undo with mp.undo()."""
     release = threading.Event()
     asked: list[str] = []
 
@@ -278,10 +274,20 @@ def test_shutdown_writes_pending_and_closing_alerts_while_a_lookup_hangs(tmp_pat
         release.wait(10)
         return "late.example", [], []
 
-    import pytest as _pytest
-
-    mp = _pytest.MonkeyPatch()
+    mp = pytest.MonkeyPatch()
     mp.setattr(socket, "gethostbyaddr", hanging)
+    return release, asked, mp
+
+
+def test_shutdown_writes_pending_and_closing_alerts_while_a_lookup_hangs(tmp_path: Path) -> None:
+    """Regression: at SIGTERM the closing summary went into a new lookup task that asyncio.run then
+    cancelled (lost), as was an alert whose lookup was still running; and a hung lookup thread held up
+    the exit.  Now both are written without a name, and the hung lookup does not hold up the exit."""
+
+    from sensor.detector import Probe
+
+    sensor, stream = _resolving_sensor(tmp_path)
+    release, asked, mp = _hanging_lookups()
 
     async def scenario() -> int:
         running = asyncio.get_running_loop().create_task(sensor.run())
@@ -312,24 +318,13 @@ def test_shutdown_writes_pending_and_closing_alerts_while_a_lookup_hangs(tmp_pat
 
 def test_hung_lookups_are_bounded_and_every_alert_is_written(tmp_path: Path) -> None:
     """20 alerts while every lookup hangs: at most MAX_LOOKUPS lookup threads, all 20 alerts written."""
-    import threading
 
-    import pytest as _pytest
 
     from sensor import daemon
     from sensor.alert import Alert
 
     sensor, stream = _resolving_sensor(tmp_path)
-    release = threading.Event()
-    asked: list[str] = []
-
-    def hanging(address: str) -> tuple[str, list[str], list[str]]:
-        asked.append(address)
-        release.wait(10)
-        return "late.example", [], []
-
-    mp = _pytest.MonkeyPatch()
-    mp.setattr(socket, "gethostbyaddr", hanging)
+    release, asked, mp = _hanging_lookups()
     mp.setattr(daemon, "RESOLVE_TIMEOUT", 0.2)
 
     async def scenario() -> None:
