@@ -3,38 +3,30 @@
 Alerts come from the journal through python3-systemd's reader, matched by the
 attack alert's MESSAGE_ID (:data:`sensor.alert.MESSAGE_ID`) *and* a trusted
 field (``_SYSTEMD_UNIT=portsentry-sensor.service`` by default, or ``_UID=``;
-the rule of :func:`sensor.jailconfig.check_journalmatch`), so that a local user
+the rule of :func:`sensor.journalmatch.check_journalmatch`), so that a local user
 cannot add lines to the report.  Flood episodes are the sensor's status lines
 that start with ``adminalert: flood`` (same trusted match; the wording after
-that prefix is not relied on).  Bans come from fail2ban's own sqlite database,
-opened read-only (table ``bips``: one row per address and jail, the latest ban).
+that prefix is not relied on).  Bans come from fail2ban's own database
+(:mod:`sensor.fail2bandb`).
 """
 
 from __future__ import annotations
 
-import configparser
-import glob
-import ipaddress
 import itertools
 import multiprocessing
 import operator
 import os
 import re
-import sqlite3
 import time
-import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
 from sensor.alert import MESSAGE_ID, SYSLOG_IDENTIFIER
-from sensor.jailconfig import check_journalmatch
+from sensor.journalmatch import check_journalmatch
 
 DEFAULT_MATCH = "_SYSTEMD_UNIT=portsentry-sensor.service"
-DEFAULT_JAIL = "portsentry"
-FAIL2BAN_CONF = "/etc/fail2ban"
-DEFAULT_DBFILE = "/var/lib/fail2ban/fail2ban.sqlite3"
 # Flood lines closer than this belong to one episode.
 FLOOD_GAP_US = 300 * 1_000_000
 
@@ -362,86 +354,6 @@ def _scan(reader: Any, activity: Activity, until_us: int) -> None:
         elif message.startswith(_FLOOD):
             activity.add_flood(when, message)
     activity.add_rows(rows)
-
-
-# --- fail2ban -----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Ban:
-    """fail2ban's latest ban of one address in the jail (its ``bips`` row)."""
-
-    address: str
-    banned_at: int
-    bantime: int
-    rung: int
-
-    @property
-    def permanent(self) -> bool:
-        return self.bantime < 0
-
-    @property
-    def ends_at(self) -> int | None:
-        return None if self.permanent else self.banned_at + self.bantime
-
-    def active(self, now: float) -> bool:
-        end = self.ends_at
-        return end is None or end > now
-
-
-@dataclass
-class Bans:
-    """The jail's bans from fail2ban's database, or why they could not be read."""
-
-    database: str
-    jail: str
-    by_address: dict[str, Ban] = field(default_factory=dict)
-    error: str = ""
-
-
-def default_dbfile(confdir: str = FAIL2BAN_CONF) -> str:
-    """fail2ban's ``dbfile``: fail2ban.conf, then fail2ban.d/*.conf, fail2ban.local, fail2ban.d/*.local."""
-    parser = configparser.RawConfigParser(strict=False, interpolation=None)
-    names = [f"{confdir}/fail2ban.conf", *sorted(glob.glob(f"{confdir}/fail2ban.d/*.conf")),
-             f"{confdir}/fail2ban.local", *sorted(glob.glob(f"{confdir}/fail2ban.d/*.local"))]
-    try:
-        parser.read(names, encoding="utf-8")
-    except (configparser.Error, UnicodeDecodeError):
-        return DEFAULT_DBFILE
-    return parser.get("Definition", "dbfile", fallback=DEFAULT_DBFILE).strip() or DEFAULT_DBFILE
-
-
-def read_bans(database: str, jail: str = DEFAULT_JAIL) -> Bans:
-    """Every ``bips`` row of ``jail``, read-only; a missing or unreadable database is an error note."""
-    bans = Bans(database=database, jail=jail)
-    if database == ":none:":
-        bans.error = "fail2ban keeps no database (dbfile = :none:)"
-        return bans
-    if not os.path.exists(database):
-        bans.error = f"{database}: no such file (is fail2ban installed and started?)"
-        return bans
-    uri = f"file:{urllib.parse.quote(database)}?mode=ro"
-    try:
-        connection = sqlite3.connect(uri, uri=True, timeout=5)
-        try:
-            rows = connection.execute(
-                "SELECT ip, timeofban, bantime, bancount FROM bips WHERE jail = ?", (jail,)).fetchall()
-        finally:
-            connection.close()
-    except sqlite3.Error as exc:
-        bans.error = f"{database}: cannot read fail2ban's bans: {exc}"
-        return bans
-    for ip, banned_at, bantime, bancount in rows:
-        address = normalize(str(ip)) or str(ip)
-        bans.by_address[address] = Ban(address, int(banned_at), int(bantime), int(bancount))
-    return bans
-
-
-def normalize(address: str) -> str | None:
-    """The address as the sensor writes it (Python's ipaddress form), or None if it is not one."""
-    try:
-        return str(ipaddress.ip_address(address.strip()))
-    except ValueError:
-        return None
 
 
 def now() -> float:

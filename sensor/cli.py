@@ -70,7 +70,7 @@ def _extensions() -> list[Any]:
     """Subcommands that live in their own modules."""
     import importlib
     found: list[Any] = []
-    for name in ("sensor.jailconfig", "sensor.migrate", "sensor.report", "sensor.status"):
+    for name in ("sensor.fail2banconfig", "sensor.migration.commands", "sensor.report", "sensor.status"):
         try:
             found.append(importlib.import_module(name))
         except ImportError:

@@ -1,6 +1,6 @@
 """``portsentry-sensor report``: who scanned this host, what they hit, who is banned.
 
-Reads the journal and fail2ban's database (:mod:`sensor.activity`) and renders
+Reads the journal and fail2ban's database (:mod:`sensor.activity`, :mod:`sensor.fail2bandb`) and renders
 text (a terminal chart that fits 80 columns; colour only on a terminal), JSON
 (stable: ``schema_version``, documented in README.md "Watching it") or one
 self-contained HTML file (charts drawn by Debian's python3-pygal as inline SVG,
@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 from sensor import activity as act
-from sensor.activity import Activity, ActivityError, Bans, Source
+from sensor.activity import Activity, ActivityError, Source
+from sensor.fail2bandb import DEFAULT_JAIL, Bans, default_dbfile, read_bans
 
 SCHEMA_VERSION = 1
 FORMATS = ("text", "json", "html")
@@ -213,7 +214,7 @@ def gather(args: argparse.Namespace, address: str | None = None,
             activity = act.read_activity(reader, match, since, until, address)
         finally:
             reader.close()
-    bans = act.read_bans(args.fail2ban_db or act.default_dbfile(), args.jail)
+    bans = read_bans(args.fail2ban_db or default_dbfile(), args.jail)
     return build(activity, bans, now, journal_label(args), limit), activity
 
 
@@ -261,7 +262,7 @@ def journal_args(cmd: argparse.ArgumentParser) -> None:
                           f"{act.DEFAULT_MATCH}; or _UID=uid, _PID=pid)")
     cmd.add_argument("--fail2ban-db", metavar="FILE",
                      help="fail2ban's database (default: dbfile from /etc/fail2ban/fail2ban.conf)")
-    cmd.add_argument("--jail", default=act.DEFAULT_JAIL, help="fail2ban jail (default: portsentry)")
+    cmd.add_argument("--jail", default=DEFAULT_JAIL, help="fail2ban jail (default: portsentry)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

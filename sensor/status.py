@@ -16,9 +16,9 @@ import json
 import sys
 from typing import Any
 
-from sensor import activity as act
 from sensor.activity import ActivityError
 from sensor.config import DEFAULT_CONFIG, ConfigError, load_config
+from sensor.fail2bandb import normalize
 from sensor.ignore import LOOPBACK, IgnoreFileError, Network, local_networks, read_ignore_file
 from sensor.report import gather
 
@@ -108,7 +108,7 @@ def render_text(info: dict[str, Any]) -> str:
 
 
 def handle(args: argparse.Namespace) -> int:
-    address = act.normalize(args.address)
+    address = normalize(args.address)
     try:
         if address is None:
             raise ActivityError(f"'{args.address[:60]}' is not an IPv4 or IPv6 address")

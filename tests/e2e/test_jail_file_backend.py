@@ -20,7 +20,7 @@ from f2b import Fail2Ban
 from lab import ATTACKER4, VICTIM4, Lab, world_readable_dir
 
 from sensor.alert import Alert, format_alert
-from sensor.jailconfig import JailChoices, render, validate
+from sensor.fail2banconfig import JailChoices, render, validate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -106,7 +106,7 @@ def test_local_replaces_journalmatch_and_sets_mode(pack_confdir: Path) -> None:
 
 def test_rendered_local_is_what_fail2ban_reads(pack_confdir: Path) -> None:
     """`portsentry-sensor fail2ban-config` output, read by fail2ban: ignoreip, times, journalmatch."""
-    from sensor.jailconfig import JailChoices, render, validate
+    from sensor.fail2banconfig import JailChoices, render, validate
     choices = JailChoices(bantime="1h", findtime="5m", maxretry=2, escalate_after=3, mode="verified",
                           journalmatch="_UID=998", ignoreip=("127.0.0.0/8", "::1", "192.0.2.0/24"))
     validate(choices)
@@ -119,7 +119,7 @@ def test_rendered_local_is_what_fail2ban_reads(pack_confdir: Path) -> None:
 
 def test_rendered_file_backend(pack_confdir: Path) -> None:
     """The less safe variant: a syslog file, no journal match."""
-    from sensor.jailconfig import JailChoices, render
+    from sensor.fail2banconfig import JailChoices, render
     syslog = pack_confdir.parent / "syslog"
     syslog.write_text("")
     commands = dump(pack_confdir, render(JailChoices(backend="file", logpath=str(syslog),

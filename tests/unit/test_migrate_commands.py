@@ -1,4 +1,4 @@
-"""import-config and migrate-bans commands (sensor/migrate.py) with sample trees and a fake runner.
+"""import-config and migrate-bans (sensor/migration/commands.py and what it uses), sample trees, a fake runner.
 
 Named test_migrate_commands.py, not test_migrate.py: tests/e2e/test_migrate.py has that basename
 (tests/ has no __init__.py, so two test modules may not share one).
@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from sensor import migrate
 from sensor.config import load_config
 from sensor.ignore import Network
-from sensor.migrate import HostSystem, Options, Result
+from sensor.migration import banplan, commands, hostsystem
+from sensor.migration.banplan import Options
+from sensor.migration.hostsystem import HostSystem, Result
 
 ROOTS = Path(__file__).resolve().parent.parent / "roots"
 NOW = 1_700_000_000.0  # 2023-11-14; howto-block's records are from 2023-11-13 and 2003
@@ -100,7 +101,7 @@ def root(tmp_path: Path) -> Path:
 def test_plan_changes_nothing(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     system = FakeSystem(root)
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    assert migrate.migrate_bans(system, Options(), do_apply=False) == 0
+    assert commands.migrate_bans(system, Options(), do_apply=False) == 0
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
     assert all(c[0] in ("iptables-save", "ip6tables-save", "ip", "nft") for c in system.calls)
     assert all("del" not in c and "delete" not in c for c in system.calls)
@@ -112,7 +113,7 @@ def test_plan_changes_nothing(root: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_apply_bans_first_then_removes_only_portsentry_blocks(root: Path) -> None:
     system = FakeSystem(root)
-    assert migrate.migrate_bans(system, Options(), do_apply=True) == 0
+    assert commands.migrate_bans(system, Options(), do_apply=True) == 0
     assert system.banned == ["203.0.113.10", "203.0.113.12"]
     first_change = next(c for c in system.calls if c[0] not in ("iptables-save", "ip6tables-save",
                                                                 "ip", "nft") or "del" in c)
@@ -127,7 +128,7 @@ def test_apply_bans_first_then_removes_only_portsentry_blocks(root: Path) -> Non
     backups = list((root / "etc").glob("hosts.deny.bak-*"))
     assert len(backups) == 1 and "203.0.113.10" in backups[0].read_text()
     state = sorted(p.name for p in (root / "var/lib/portsentry").iterdir())
-    assert state[0] == "portsentry.blocked.atcp.migrated-" + migrate.stamp(NOW)
+    assert state[0] == "portsentry.blocked.atcp.migrated-" + hostsystem.stamp(NOW)
     assert "portsentry.history" in state and "portsentry.blocked.atcp" not in state
 
 
@@ -142,20 +143,20 @@ def test_apply_leaves_fail2ban_output_docker_and_commented_rules(root: Path,
     """Issue 12 item 1: only the chain KILL_RUN_CMD named (INPUT here), only PortSentry's shapes."""
     system = FakeSystem(root)
     system.iptables += NOT_OURS
-    assert migrate.migrate_bans(system, Options(), do_apply=False) == 0
+    assert commands.migrate_bans(system, Options(), do_apply=False) == 0
     plan = capsys.readouterr().out
     assert "f2b-sshd" not in plan and "OUTPUT" not in plan and "DOCKER-USER" not in plan
     assert "keep blocked" not in plan
-    assert migrate.migrate_bans(system, Options(), do_apply=True) == 0
+    assert commands.migrate_bans(system, Options(), do_apply=True) == 0
     assert system.iptables[-len(NOT_OURS):] == NOT_OURS
     assert not any(c[:1] == ("iptables",) and c[4] != "INPUT" for c in system.calls)
 
 
 def test_second_run_finds_nothing_to_do(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     system = FakeSystem(root)
-    assert migrate.migrate_bans(system, Options(), do_apply=True) == 0
+    assert commands.migrate_bans(system, Options(), do_apply=True) == 0
     capsys.readouterr()
-    assert migrate.migrate_bans(system, Options(), do_apply=True) == 0
+    assert commands.migrate_bans(system, Options(), do_apply=True) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert system.banned == ["203.0.113.10", "203.0.113.12"]
 
@@ -163,7 +164,7 @@ def test_second_run_finds_nothing_to_do(root: Path, capsys: pytest.CaptureFixtur
 def test_fail2ban_down_means_nothing_changed(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     system = FakeSystem(root, fail2ban_up=False)
     before = (root / "etc/hosts.deny").read_text()
-    assert migrate.migrate_bans(system, Options(), do_apply=True) == 1
+    assert commands.migrate_bans(system, Options(), do_apply=True) == 1
     assert len(system.iptables) == len(IPTABLES) and len(system.routes) == 3
     assert (root / "etc/hosts.deny").read_text() == before
     assert "nothing changed" in capsys.readouterr().err
@@ -172,9 +173,9 @@ def test_fail2ban_down_means_nothing_changed(root: Path, capsys: pytest.CaptureF
 def test_refuses_while_portsentry_still_runs(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     system = FakeSystem(root)
     system.running = [4077]
-    assert migrate.migrate_bans(system, Options(), do_apply=False) == 0
+    assert commands.migrate_bans(system, Options(), do_apply=False) == 0
     assert "PortSentry is still running (pid 4077)" in capsys.readouterr().err
-    assert migrate.migrate_bans(system, Options(), do_apply=True) == 1
+    assert commands.migrate_bans(system, Options(), do_apply=True) == 1
     assert system.banned == [] and len(system.iptables) == len(IPTABLES)
 
 
@@ -189,7 +190,7 @@ def test_unwritable_hosts_deny_is_a_failure_not_a_crash(root: Path, capsys: pyte
     def refuse(path: str, text: str, backup_suffix: str) -> str:
         raise PermissionError(13, "Permission denied", path)
     system.write = refuse  # type: ignore[method-assign]
-    assert migrate.migrate_bans(system, Options(), do_apply=True) == 1
+    assert commands.migrate_bans(system, Options(), do_apply=True) == 1
     assert "failed: /etc/hosts.deny: Permission denied" in capsys.readouterr().out
     assert system.banned == ["203.0.113.10", "203.0.113.12"]
 
@@ -208,25 +209,25 @@ def test_host_system_missing_program_is_127_and_files_live_under_root(tmp_path: 
 def test_recent_days_widens_the_handover(root: Path) -> None:
     system = FakeSystem(root)
     options = Options(recent_days=365 * 30)
-    assert migrate.migrate_bans(system, options, do_apply=True) == 0
+    assert commands.migrate_bans(system, options, do_apply=True) == 0
     assert system.banned == ["203.0.113.10", "203.0.113.11", "203.0.113.12"]
 
 
 def test_socket_option_reaches_fail2ban_client(root: Path) -> None:
     parser = argparse.ArgumentParser()
-    migrate.add_commands(parser.add_subparsers(dest="command"))
+    commands.add_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["migrate-bans", "--root", str(root), "--fail2ban-socket", "/run/x.sock"])
-    assert args.func is migrate._cmd_migrate_bans
+    assert args.func is commands._cmd_migrate_bans
     system = FakeSystem(root)
     options = Options(fail2ban_client=("fail2ban-client", "-s", "/run/x.sock"))
-    migrate.migrate_bans(system, options, do_apply=True)
+    commands.migrate_bans(system, options, do_apply=True)
     assert ("fail2ban-client", "-s", "/run/x.sock", "set", "portsentry", "banip",
             "203.0.113.10", "203.0.113.12") in system.calls
 
 
 def test_no_portsentry_state_means_nothing_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     system = FakeSystem(tmp_path)
-    assert migrate.migrate_bans(system, Options(), do_apply=True) == 0
+    assert commands.migrate_bans(system, Options(), do_apply=True) == 0
     assert system.calls == []
     assert "nothing to do" in capsys.readouterr().out
 
@@ -235,7 +236,7 @@ def test_no_portsentry_state_means_nothing_to_do(tmp_path: Path, capsys: pytest.
 
 def _import(case: str, to: Path, *extra: str) -> int:
     etc = ROOTS / case / "etc"
-    return migrate.main(["import-config", "--from", str(etc / "portsentry"),
+    return commands.main(["import-config", "--from", str(etc / "portsentry"),
                          "--defaults", str(etc / "default" / "portsentry"), "--to", str(to), *extra])
 
 
@@ -273,7 +274,7 @@ def test_import_broken_input_exit_2_nothing_written(case: str, tmp_path: Path,
 
 
 def test_import_missing_portsentry_conf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert migrate.main(["import-config", "--from", str(tmp_path), "--to", str(tmp_path / "x.conf")]) == 2
+    assert commands.main(["import-config", "--from", str(tmp_path), "--to", str(tmp_path / "x.conf")]) == 2
     assert "portsentry.conf: No such file" in capsys.readouterr().err
 
 
@@ -304,7 +305,7 @@ def test_import_write_second_file_failing_restores_the_first(tmp_path: Path, mon
         if str(dst).endswith("portsentry.conf"):
             raise OSError(28, "No space left on device", str(dst))
         real_replace(src, dst)
-    monkeypatch.setattr(migrate.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     assert _import("howto-block", etc / "portsentry.conf", "--write") == 2
     monkeypatch.undo()
     assert "No space left on device" in capsys.readouterr().err
@@ -316,7 +317,7 @@ def test_import_write_second_file_failing_restores_the_first(tmp_path: Path, mon
 def test_backups_never_follow_a_planted_symlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 12 item 11: a link at the (predictable) backup name is never written through."""
-    monkeypatch.setattr(migrate, "stamp", lambda now: "20260101T000000")
+    monkeypatch.setattr(hostsystem, "stamp", lambda now: "20260101T000000")
     etc = tmp_path / "etc"
     etc.mkdir()
     victim = tmp_path / "victim"
@@ -355,7 +356,7 @@ def test_absurd_history_timestamp_is_a_note_not_a_crash(root: Path, capsys: pyte
     history.write_text(history.read_text() + "99999999999999999999 - 11/13/2023 18:26:40 Host: "
                        "203.0.113.10/203.0.113.10 Port: 111 TCP Blocked\n")
     system = FakeSystem(root)
-    assert migrate.migrate_bans(system, Options(), do_apply=True) == 0
+    assert commands.migrate_bans(system, Options(), do_apply=True) == 0
     out = capsys.readouterr().out
     assert "portsentry.history:6: timestamp out of range: '99999999999999999999'" in out
     assert system.banned == ["203.0.113.10", "203.0.113.12"]
@@ -368,7 +369,7 @@ def test_kill_hosts_deny_naming_the_target_twice(root: Path, capsys: pytest.Capt
                                              'KILL_HOSTS_DENY="ALL: $TARGET$ # blocked $TARGET$"'))
     deny = root / "etc/hosts.deny"
     deny.write_text(deny.read_text() + "ALL: 203.0.113.12 # blocked 203.0.113.12\n")
-    assert migrate.migrate_bans(FakeSystem(root), Options(), do_apply=True) == 0
+    assert commands.migrate_bans(FakeSystem(root), Options(), do_apply=True) == 0
     assert "203.0.113.12" not in deny.read_text()
 
 
@@ -379,5 +380,5 @@ def test_legacy_settings_read_like_portsentry(tmp_path: Path) -> None:
         'KILL_RUN_CMD=/sbin/iptables -I custom -s $TARGET$ -j DROP\n'
         'KILL_RUN_CMD="/sbin/iptables -I other -s $TARGET$ -j DROP"\n'
         'HISTORY_FILE="/a"\nHISTORY_FILE="/b"\n')
-    settings = migrate._legacy_settings(FakeSystem(tmp_path), Options().legacy_conf, [])
+    settings = banplan.legacy_settings(FakeSystem(tmp_path), Options().legacy_conf, [])
     assert settings == {"HISTORY_FILE": "/a"}

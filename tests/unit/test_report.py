@@ -23,7 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from journalfile import write_journal
 
-from sensor import activity
+from sensor import activity, fail2bandb
 from sensor.alert import Alert, format_alert
 from sensor.cli import main
 
@@ -222,9 +222,9 @@ def test_database_opened_read_only(world: list[str], capsys: pytest.CaptureFixtu
 
 def test_default_dbfile_follows_local_override(tmp_path: Path) -> None:
     (tmp_path / "fail2ban.conf").write_text("[Definition]\ndbfile = /var/lib/fail2ban/fail2ban.sqlite3\n")
-    assert activity.default_dbfile(str(tmp_path)) == "/var/lib/fail2ban/fail2ban.sqlite3"
+    assert fail2bandb.default_dbfile(str(tmp_path)) == "/var/lib/fail2ban/fail2ban.sqlite3"
     (tmp_path / "fail2ban.local").write_text("[Definition]\ndbfile = /srv/f2b.db\n")
-    assert activity.default_dbfile(str(tmp_path)) == "/srv/f2b.db"
+    assert fail2bandb.default_dbfile(str(tmp_path)) == "/srv/f2b.db"
 
 
 def sensor_config(tmp_path: Path, ignore: str) -> str:

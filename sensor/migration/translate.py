@@ -90,7 +90,7 @@ class Imported:
     config: Config
 
 
-def scan(text: str, path: str) -> list[SourceLine]:
+def classify_lines(text: str, path: str) -> list[SourceLine]:
     """Classify lines as PortSentry read them; syntax errors raise ConfigError."""
     parse_text(text, path)  # same syntax rules as our loader: FILE:LINE: KEY: errors
     lines: list[SourceLine] = []
@@ -252,7 +252,7 @@ def translate(conf_text: str, conf_path: str, defaults_text: str | None, default
     """Translate and validate; raises ConfigError naming the old file and line."""
     build = _Build()
     _modes(build, defaults_text, defaults_path)
-    lines = scan(conf_text, conf_path)
+    lines = classify_lines(conf_text, conf_path)
     chosen = _first_wins(lines, conf_path, build)
     attached, loose = _comment_blocks(lines)
     for key, line in chosen.items():

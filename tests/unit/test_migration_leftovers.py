@@ -1,10 +1,10 @@
-"""Recognising what PortSentry left behind (sensor/legacy.py)."""
+"""Recognising what PortSentry left behind (sensor/migration/leftovers.py, leftover_rules.py)."""
 
 from __future__ import annotations
 
 import json
 
-from sensor import legacy
+from sensor.migration import leftover_rules, leftovers
 
 RECORDED = {"203.0.113.10", "203.0.113.12", "2001:db8::7"}
 
@@ -12,7 +12,7 @@ RECORDED = {"203.0.113.10", "203.0.113.12", "2001:db8::7"}
 def test_record_line_as_written_by_writeblocked() -> None:
     text = ("1063040458 - 09/08/2003 10:00:58 Host: 1.2.3.4/1.2.3.4 Port: 80 TCP Blocked\n"
             "1699900100 - 11/13/2023 18:28:20 Host: scanner.example.net/203.0.113.12 Port: 161 UDP Blocked\n")
-    records, warnings = legacy.parse_records(text, "h")
+    records, warnings = leftovers.parse_records(text, "h")
     assert warnings == []
     assert [(r.address, r.when, r.port, r.proto) for r in records] == [
         ("1.2.3.4", 1063040458, 80, "TCP"), ("203.0.113.12", 1699900100, 161, "UDP")]
@@ -23,7 +23,7 @@ def test_foreign_record_lines_are_warnings_not_addresses() -> None:
     text = ("garbage\n\n"
             "1 - 01/01/1970 00:00:01 Host: x/not-an-ip Port: 1 TCP Blocked\n"
             "1 - 01/01/1970 00:00:01 Host: x/1.2.3.4 Port: 1 TCP Blocked; rm -rf /\n")
-    records, warnings = legacy.parse_records(text, "h")
+    records, warnings = leftovers.parse_records(text, "h")
     assert records == []
     assert [w.split(":")[1] for w in warnings] == ["1", "3", "4"]
 
@@ -34,19 +34,19 @@ def test_hosts_deny_only_template_lines_for_recorded_addresses() -> None:
             "ALL:203.0.113.12:DENY\n"         # spacing differences still match
             "ALL: 192.0.2.9 : DENY\n"         # never recorded by PortSentry
             "ALL: 203.0.113.12\n")            # the other stock template
-    found = legacy.parse_hosts_deny(text, RECORDED)
+    found = leftovers.parse_hosts_deny(text, RECORDED)
     assert [(d.number, d.address) for d in found] == [(2, "203.0.113.10"), (3, "203.0.113.12"),
                                                      (5, "203.0.113.12")]
 
 
 def test_hosts_deny_custom_template_with_port_and_mode() -> None:
-    found = legacy.parse_hosts_deny("ALL: 203.0.113.10 # blocked port 80 atcp\n", RECORDED,
+    found = leftovers.parse_hosts_deny("ALL: 203.0.113.10 # blocked port 80 atcp\n", RECORDED,
                                     ["ALL: $TARGET$ # blocked port $PORT$ $MODE$"])
     assert [d.address for d in found] == ["203.0.113.10"]
 
 
 def test_without_lines_keeps_the_rest_byte_for_byte() -> None:
-    assert legacy.without_lines("a\nb\r\nc", [2]) == "a\nc"
+    assert leftovers.without_lines("a\nb\r\nc", [2]) == "a\nc"
 
 
 def test_routes_reject_types_for_recorded_hosts_only() -> None:
@@ -55,33 +55,33 @@ def test_routes_reject_types_for_recorded_hosts_only() -> None:
               {"type": "blackhole", "dst": "192.0.2.9", "flags": []},          # not recorded
               {"dst": "203.0.113.10", "gateway": "192.0.2.254", "flags": []},  # unicast: not ours
               {"type": "unreachable", "dst": "203.0.113.0/24", "flags": []}]   # a network: not ours
-    found = legacy.parse_routes(json.dumps(routes), 4, RECORDED)
+    found = leftovers.parse_routes(json.dumps(routes), 4, RECORDED)
     assert [r.delete_argv() for r in found] == [
         ["ip", "-4", "route", "del", "unreachable", "203.0.113.10", "table", "main"],
         ["ip", "-4", "route", "del", "prohibit", "203.0.113.12", "table", "100"]]
 
 
 def test_dead_gateway_from_kill_route() -> None:
-    assert legacy.dead_gateway("/sbin/route add -host $TARGET$ gw 192.0.2.254") == "192.0.2.254"
-    assert legacy.dead_gateway("/sbin/route add $TARGET$ 192.0.2.253") == "192.0.2.253"
-    assert legacy.dead_gateway("/sbin/route add -host $TARGET$ gw 333.444.555.666") is None
-    assert legacy.dead_gateway("/sbin/route add -host $TARGET$ reject") is None
-    assert legacy.dead_gateway("/sbin/iptables -I INPUT -s $TARGET$ -j DROP") is None
+    assert leftovers.dead_gateway("/sbin/route add -host $TARGET$ gw 192.0.2.254") == "192.0.2.254"
+    assert leftovers.dead_gateway("/sbin/route add $TARGET$ 192.0.2.253") == "192.0.2.253"
+    assert leftovers.dead_gateway("/sbin/route add -host $TARGET$ gw 333.444.555.666") is None
+    assert leftovers.dead_gateway("/sbin/route add -host $TARGET$ reject") is None
+    assert leftovers.dead_gateway("/sbin/iptables -I INPUT -s $TARGET$ -j DROP") is None
 
 
 def test_routes_via_the_dead_gateway_only() -> None:
     routes = [{"dst": "203.0.113.10", "gateway": "192.0.2.254", "dev": "eth0", "flags": []},
               {"dst": "203.0.113.12", "gateway": "192.0.2.1", "dev": "eth0", "flags": []},
               {"dst": "default", "gateway": "192.0.2.254", "dev": "eth0", "flags": []}]
-    found = legacy.parse_routes(json.dumps(routes), 4, RECORDED, gateway="192.0.2.254")
+    found = leftovers.parse_routes(json.dumps(routes), 4, RECORDED, gateway="192.0.2.254")
     assert [r.delete_argv() for r in found] == [
         ["ip", "-4", "route", "del", "unicast", "203.0.113.10", "via", "192.0.2.254", "table", "main"]]
-    assert legacy.parse_routes(json.dumps(routes), 4, RECORDED) == []
+    assert leftovers.parse_routes(json.dumps(routes), 4, RECORDED) == []
 
 
 def test_route_v6_keeps_metric() -> None:
     routes = [{"type": "unreachable", "dst": "2001:db8::7", "dev": "lo", "metric": 1024}]
-    (route,) = legacy.parse_routes(json.dumps(routes), 6, RECORDED)
+    (route,) = leftovers.parse_routes(json.dumps(routes), 6, RECORDED)
     assert route.delete_argv()[-2:] == ["metric", "1024"]
 
 
@@ -103,7 +103,7 @@ COMMIT
 
 
 def test_iptables_only_portsentry_shaped_rules() -> None:
-    dump = legacy.parse_iptables_save(IPTABLES_SAVE, 4, RECORDED)
+    dump = leftover_rules.parse_iptables_save(IPTABLES_SAVE, 4, RECORDED)
     assert dump.nft_backend and dump.tables == ("filter", "nat")
     assert [r.describe() for r in dump.rules] == [
         "iptables -t filter -A INPUT -s 203.0.113.10/32 -m limit --limit 3/min -j LOG "
@@ -116,7 +116,7 @@ def test_iptables_only_portsentry_shaped_rules() -> None:
 
 
 def test_ip6tables_delete_uses_ip6tables() -> None:
-    dump = legacy.parse_iptables_save("*filter\n-A INPUT -s 2001:db8::7/128 -j DROP\nCOMMIT\n", 6, RECORDED)
+    dump = leftover_rules.parse_iptables_save("*filter\n-A INPUT -s 2001:db8::7/128 -j DROP\nCOMMIT\n", 6, RECORDED)
     assert not dump.nft_backend
     assert dump.rules[0].delete_argv()[0] == "ip6tables"
 
@@ -142,16 +142,16 @@ def test_nft_native_rules_and_iptables_tables_skipped() -> None:
                              "right": 22}}, {"drop": None}),                       # narrower: admin's
         _nft_rule("ip", "filter", 8, "203.0.113.10", {"drop": None}),               # iptables-nft's
     ]}
-    found = legacy.parse_nft_ruleset(json.dumps(ruleset), RECORDED, [("ip", "filter")])
+    found = leftover_rules.parse_nft_ruleset(json.dumps(ruleset), RECORDED, [("ip", "filter")])
     assert [(r.handle, r.address, r.verdict) for r in found] == [
         (2, "203.0.113.10", "drop"), (3, "203.0.113.12", "reject"), (4, "2001:db8::7", "drop")]
     assert found[0].delete_argv() == ["nft", "delete", "rule", "inet", "pst", "input", "handle", "2"]
 
 
 def test_empty_outputs_find_nothing() -> None:
-    assert legacy.parse_nft_ruleset("", RECORDED) == []
-    assert legacy.parse_routes("", 4, RECORDED) == []
-    assert legacy.parse_iptables_save("", 4, RECORDED).rules == ()
+    assert leftover_rules.parse_nft_ruleset("", RECORDED) == []
+    assert leftovers.parse_routes("", 4, RECORDED) == []
+    assert leftover_rules.parse_iptables_save("", 4, RECORDED).rules == ()
 
 
 # Issue 12 item 1: Debian 12's stock sshd jail, OUTPUT, DOCKER-USER and an admin's commented rule, all
@@ -176,19 +176,19 @@ COMMIT
 
 
 def test_iptables_only_input_by_default_never_f2b_output_docker_or_commented() -> None:
-    dump = legacy.parse_iptables_save(NOT_OURS_SAVE, 4, RECORDED)
+    dump = leftover_rules.parse_iptables_save(NOT_OURS_SAVE, 4, RECORDED)
     assert [r.describe() for r in dump.rules] == ["iptables -t filter -A INPUT -s 203.0.113.10/32 -j DROP"]
 
 
 def test_iptables_chains_come_from_kill_run_cmd() -> None:
-    chains = legacy.kill_chains("/sbin/iptables -I portsentry -s $TARGET$ -j DROP && "
+    chains = leftover_rules.kill_chains("/sbin/iptables -I portsentry -s $TARGET$ -j DROP && "
                                 "/sbin/iptables -t raw --insert PREROUTING -s $TARGET$ -j DROP; "
                                 "/sbin/iptables -I f2b-sshd -s $TARGET$ -j DROP")
     assert chains == {("filter", "portsentry"), ("raw", "PREROUTING")}
-    assert legacy.kill_chains("") == legacy.DEFAULT_CHAINS == {("filter", "INPUT")}
-    assert legacy.kill_chains("/usr/local/bin/mail-me $TARGET$") == {("filter", "INPUT")}
+    assert leftover_rules.kill_chains("") == leftover_rules.DEFAULT_CHAINS == {("filter", "INPUT")}
+    assert leftover_rules.kill_chains("/usr/local/bin/mail-me $TARGET$") == {("filter", "INPUT")}
     save = "*filter\n-A portsentry -s 203.0.113.10/32 -j DROP\n-A INPUT -s 203.0.113.12/32 -j DROP\nCOMMIT\n"
-    dump = legacy.parse_iptables_save(save, 4, RECORDED, chains)
+    dump = leftover_rules.parse_iptables_save(save, 4, RECORDED, chains)
     assert [r.chain for r in dump.rules] == ["portsentry"]
 
 
@@ -197,7 +197,7 @@ def test_nft_commented_rules_and_fail2ban_tables_are_not_ours() -> None:
     commented["rule"]["comment"] = "keep blocked"  # type: ignore[index]
     ruleset = {"nftables": [commented, _nft_rule("inet", "f2b-table", 3, "203.0.113.10", {"drop": None}),
                             _nft_rule("inet", "pst", 4, "203.0.113.12", {"drop": None})]}
-    found = legacy.parse_nft_ruleset(json.dumps(ruleset), RECORDED)
+    found = leftover_rules.parse_nft_ruleset(json.dumps(ruleset), RECORDED)
     assert [r.handle for r in found] == [4]
 
 
@@ -205,7 +205,7 @@ def test_record_timestamp_out_of_range_is_a_warning() -> None:
     """Issue 12 item 10: 99999999999999999999 crashed migrate-bans (OverflowError in localtime)."""
     text = ("99999999999999999999 - 11/13/2023 18:26:40 Host: x/203.0.113.10 Port: 111 TCP Blocked\n"
             "1699900000 - 11/13/2023 18:26:40 Host: x/203.0.113.12 Port: 111 TCP Blocked\n")
-    records, warnings = legacy.parse_records(text, "h")
+    records, warnings = leftovers.parse_records(text, "h")
     assert [r.address for r in records] == ["203.0.113.12"]
     assert warnings == ["h:1: timestamp out of range: '99999999999999999999'"]
 
@@ -215,7 +215,7 @@ def test_hosts_deny_template_naming_the_target_twice() -> None:
     template = ["ALL: $TARGET$ : DENY # blocked $TARGET$"]
     text = ("ALL: 203.0.113.10 : DENY # blocked 203.0.113.10\n"
             "ALL: 203.0.113.12 : DENY # blocked 203.0.113.10\n")     # two different addresses: not ours
-    found = legacy.parse_hosts_deny(text, RECORDED, template)
+    found = leftovers.parse_hosts_deny(text, RECORDED, template)
     assert [(d.number, d.address) for d in found] == [(1, "203.0.113.10")]
 
 
@@ -225,8 +225,8 @@ def test_hosts_deny_regex_has_no_adjacent_whitespace_loops() -> None:
     No timing here (bench/RESULTS.md has it): the pattern must never hold two whitespace loops in a row,
     and lines longer than PortSentry's 1024-byte buffer are never its own.
     """
-    for template in (*legacy.DEFAULT_HOSTS_DENY, "ALL : $TARGET$ : DENY  # $PORT$ $MODE$"):
-        pattern = legacy._template_regex(template).pattern
+    for template in (*leftovers.DEFAULT_HOSTS_DENY, "ALL : $TARGET$ : DENY  # $PORT$ $MODE$"):
+        pattern = leftovers._template_regex(template).pattern
         assert r"\s*\s*" not in pattern and r"\s+\s*" not in pattern and r"\s*\s+" not in pattern, pattern
     long_line = "ALL: 203.0.113.10" + " " * 2000 + ": DENY"
-    assert legacy.parse_hosts_deny(long_line + "\nALL:" + " " * 20000 + "\n", RECORDED) == []
+    assert leftovers.parse_hosts_deny(long_line + "\nALL:" + " " * 20000 + "\n", RECORDED) == []

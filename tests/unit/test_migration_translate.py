@@ -1,4 +1,4 @@
-"""Translating PortSentry configurations (sensor/legacyconf.py) over tests/roots/ trees."""
+"""Translating PortSentry configurations (sensor/migration/translate.py) over tests/roots/ trees."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sensor.config import ConfigError, load_config
-from sensor.legacyconf import Imported, import_config, merge_ignore, scan
+from sensor.migration.translate import Imported, classify_lines, import_config, merge_ignore
 
 ROOTS = Path(__file__).resolve().parent.parent / "roots"
 
@@ -64,7 +64,7 @@ def test_every_active_line_is_reported(tmp_path: Path) -> None:
         imported = run_import(case, tmp_path)
         reported = {f.where for f in imported.report}
         comment_spans = " ".join(f.where for f in imported.report if f.verdict == "comment")
-        for line in scan(conf.read_text(), str(conf)):
+        for line in classify_lines(conf.read_text(), str(conf)):
             if line.key:
                 assert f"{conf}:{line.number}" in reported, (case, line)
             elif line.text.strip().startswith("#"):

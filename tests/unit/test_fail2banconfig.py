@@ -1,4 +1,4 @@
-"""sensor/jailconfig.py: the rendered jail.d/portsentry.local, its diff, --write, bad input."""
+"""sensor/fail2banconfig.py: the rendered jail.d/portsentry.local, its diff, --write, bad input."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from sensor import jailconfig
-from sensor.jailconfig import JailChoices, JailConfigError, duration_seconds, ignoreip, render, validate
+from sensor import fail2banconfig
+from sensor.fail2banconfig import JailChoices, JailConfigError, duration_seconds, ignoreip, render, validate
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="portsentry-sensor")
-    jailconfig.add_commands(parser.add_subparsers(dest="command"))
+    fail2banconfig.add_commands(parser.add_subparsers(dest="command"))
     return parser
 
 
@@ -93,9 +93,9 @@ def test_render_file_backend_says_it_is_less_safe() -> None:
 
 
 def test_default_journalmatch(tmp_path: Path) -> None:
-    assert jailconfig.default_journalmatch(str(tmp_path)) == ""
-    assert jailconfig.default_journalmatch(str(tmp_path / "none"), user="root") == "_UID=0"
-    assert jailconfig.default_journalmatch(str(tmp_path / "none"), user="no-such-user-x") == ""
+    assert fail2banconfig.default_journalmatch(str(tmp_path)) == ""
+    assert fail2banconfig.default_journalmatch(str(tmp_path / "none"), user="root") == "_UID=0"
+    assert fail2banconfig.default_journalmatch(str(tmp_path / "none"), user="no-such-user-x") == ""
 
 
 def test_shows_diff_and_writes_only_with_write(sensor_conf: Path, tmp_path: Path,
@@ -140,7 +140,7 @@ def test_unwritable_output_is_one_line_exit_1(sensor_conf: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     # As under systemd whatever the host runs: no "systemd is not running" warning line.
-    monkeypatch.setattr(jailconfig, "RUN_SYSTEMD", str(tmp_path))
+    monkeypatch.setattr(fail2banconfig, "RUN_SYSTEMD", str(tmp_path))
     out = tmp_path / "no-such-dir" / "portsentry.local"
     assert _run(["-c", str(sensor_conf), "-o", str(out), "--write"]) == 1
     assert capsys.readouterr().err.count("\n") == 1
@@ -150,7 +150,7 @@ def test_warns_when_nothing_would_match(sensor_conf: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """No systemd, no sensor user: the unit match would never match; say so."""
-    monkeypatch.setattr(jailconfig, "RUN_SYSTEMD", str(tmp_path / "no-systemd"))
+    monkeypatch.setattr(fail2banconfig, "RUN_SYSTEMD", str(tmp_path / "no-systemd"))
     assert _run(["-c", str(sensor_conf), "-o", str(tmp_path / "x.local"), "--journalmatch", "unit"]) == 0
     assert "will match nothing" in capsys.readouterr().err
 

@@ -26,6 +26,7 @@ import jinja2
 
 from sensor.config import DEFAULT_CONFIG, load_config
 from sensor.ignore import LOOPBACK, Network, read_ignore_file
+from sensor.journalmatch import JournalMatchError, check_journalmatch
 
 DEFAULT_OUTPUT = "/etc/fail2ban/jail.d/portsentry.local"
 DEFAULT_LOGPATH = "/var/log/syslog"
@@ -40,26 +41,6 @@ DB_PURGE_AGE = 86400
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^(?:\d+[smhdw]?)+$")
 _DURATION_PART = re.compile(r"(\d+)([smhdw]?)")
-# Journal fields that name the sensor and nothing a local user can start: journald sets
-# them from the sender's credentials, and only root names a system unit or gives out a
-# UID (a PID belongs to one running process).  Field -> the values it takes.
-TRUSTED_FIELDS = {
-    "_SYSTEMD_UNIT": re.compile(r"[A-Za-z0-9:_.@\\-]+"),
-    "_UID": re.compile(r"\d+"),
-    "_PID": re.compile(r"\d+"),
-}
-_TRUSTED_LIST = "_SYSTEMD_UNIT=, _UID= or _PID="
-# Why the other fields do not: (field or prefix, reason).
-_FORGEABLE = (
-    ("_COMM", "any local user can run a program under that name"),
-    ("_EXE", "any local user can run that program"),
-    ("_CMDLINE", "any local user can run that command line"),
-    ("_SYSTEMD_USER_UNIT", "users name their own units"),
-    ("_SYSTEMD_", "users run their own units and scopes"),
-    ("_TRANSPORT", "every local program's entries have one"),
-    ("_", "it is shared with programs a local user can start"),
-)
-_MATCH = re.compile(r"([A-Za-z0-9_]+)=(.*)", re.DOTALL)
 _PATH = re.compile(r"^/[^\s]*$")
 
 
@@ -109,7 +90,7 @@ def validate(choices: JailChoices) -> list[str]:
     if choices.mode not in MODES:
         raise JailConfigError(f"--mode: '{choices.mode}' is not one of {', '.join(MODES)}")
     if choices.journalmatch:
-        check_journalmatch(choices.journalmatch)
+        _check_journalmatch(choices.journalmatch)
     if not _PATH.fullmatch(choices.logpath):
         raise JailConfigError(f"--logpath: '{choices.logpath}' is not an absolute path without spaces")
     warnings = []
@@ -122,25 +103,12 @@ def validate(choices: JailChoices) -> list[str]:
     return warnings
 
 
-def check_journalmatch(match: str) -> None:
-    """Raise JailConfigError unless ``match`` is FIELD=value on a field in TRUSTED_FIELDS."""
-    shown = match.encode("unicode_escape").decode("ascii")
-    parsed = _MATCH.fullmatch(match)
-    if parsed is None:
-        raise JailConfigError(f"--journalmatch: '{shown}' is not FIELD=value; use {_TRUSTED_LIST}")
-    name, value = parsed.groups()
-    if name in TRUSTED_FIELDS:
-        if not TRUSTED_FIELDS[name].fullmatch(value):
-            what = "a number" if name != "_SYSTEMD_UNIT" else "a unit name such as portsentry-sensor.service"
-            raise JailConfigError(f"--journalmatch: '{shown}': {name}= takes {what}; use {_TRUSTED_LIST}")
-        return
-    if not name.startswith("_"):
-        reason = "the sending program sets it itself, so any local user can send a forged one"
-    else:
-        reason = next(why for prefix, why in _FORGEABLE if name == prefix or prefix.endswith("_")
-                      and name.startswith(prefix))
-    raise JailConfigError(f"--journalmatch: {name}= does not prove an entry comes from the sensor "
-                          f"({reason}); use {_TRUSTED_LIST}")
+def _check_journalmatch(match: str) -> None:
+    """The trust rule (:func:`sensor.journalmatch.check_journalmatch`) as a JailConfigError."""
+    try:
+        check_journalmatch(match)
+    except JournalMatchError as exc:
+        raise JailConfigError(str(exc)) from None
 
 
 def ignoreip(configured: tuple[Network, ...]) -> tuple[str, ...]:
