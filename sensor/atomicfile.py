@@ -36,18 +36,20 @@ def _existing_mode(path: str) -> int | None:
 
 
 def stage_file(path: str, text: str, default_mode: int = 0o644) -> str:
-    """Write ``text`` to a new temporary file next to ``path`` (same mode); returns its name.
+    """Write ``text`` to a new temporary file next to ``path`` (same mode), on disk; returns its name.
 
-    Refuses (OSError) if ``path`` is a link, a directory or anything but a regular file.
+    Refuses (OSError) if ``path`` is a link, a directory or anything but a regular file.  The
+    directory must exist.
     """
     mode = _existing_mode(path)
     directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=".migrate-", dir=directory)
+    handle, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
             os.fchmod(out.fileno(), default_mode if mode is None else mode)
+            out.flush()
+            os.fsync(out.fileno())
     except BaseException:
         os.unlink(temp)
         raise
@@ -89,17 +91,33 @@ def backup_file(path: str, suffix: str) -> str:
     return backup
 
 
-def install_file(path: str, text: str, backup_suffix: str, default_mode: int = 0o644) -> str:
-    """Write ``path`` atomically; an existing file is copied to ``path+suffix`` first."""
+def write_atomic(path: str, text: str, default_mode: int = 0o644, backup_suffix: str = "") -> str:
+    """Replace ``path`` by a file holding ``text`` in one rename; returns the backup's name or "".
+
+    A new file gets ``default_mode``, a replaced one keeps its mode.  With ``backup_suffix`` an
+    existing file is copied to ``path+suffix`` first.  Raises OSError (a link, a directory or
+    anything but a regular file at ``path`` is refused); nothing is left behind on failure.
+    """
     temp = stage_file(path, text, default_mode)
     try:
-        backup = backup_file(path, backup_suffix)
+        backup = backup_file(path, backup_suffix) if backup_suffix else ""
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
+    _sync_directory(path)
     return backup
+
+
+def _sync_directory(path: str) -> None:
+    """Put the rename on disk too (best effort)."""
+    with contextlib.suppress(OSError):
+        handle = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
 
 
 def _undo_install(staged: dict[str, str], backups: dict[str, str], done: list[str]) -> None:
@@ -140,4 +158,6 @@ def install_files(files: Sequence[tuple[str, str]], backup_suffix: str,
     except BaseException:
         _undo_install(staged, backups, done)
         raise
+    for path, _ in files:
+        _sync_directory(path)
     return [(path, backups[path]) for path, _ in files]

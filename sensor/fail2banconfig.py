@@ -18,12 +18,12 @@ import pwd
 import re
 import stat
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
 
+from sensor.atomicfile import write_atomic
 from sensor.config import DEFAULT_CONFIG, load_config
 from sensor.ignore import LOOPBACK, Network, read_ignore_file
 from sensor.journalmatch import JournalMatchError, check_journalmatch
@@ -144,20 +144,6 @@ def unified_diff(old: str, new: str, path: str) -> str:
     """A unified diff from the existing file to the rendered one ('' if equal)."""
     return "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
                                         fromfile=f"{path} (current)", tofile=f"{path} (new)"))
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Replace the file in one rename, mode 0644."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".portsentry.local.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_existing(path: str) -> str:

@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 from sensor.alert import PRIORITY_WARNING, Alert
+from sensor.atomicfile import write_atomic
 
 NODE_EXPORTER_DIR = "/var/lib/prometheus/node-exporter"
 FILENAME = "portsentry_sensor.prom"
@@ -87,16 +88,7 @@ class Metrics:
 
     def write(self, directory: str, text: str) -> None:
         """Write ``text`` as directory/FILENAME atomically (raises OSError)."""
-        temporary = os.path.join(directory, f".{FILENAME}.{os.getpid()}.tmp")
-        try:
-            with open(temporary, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, os.path.join(directory, FILENAME))
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        write_atomic(os.path.join(directory, FILENAME), text)
 
     def tick(self, daemon: Any, now: float) -> None:
         """From the daemon's once-a-second loop: write every INTERVAL s; say once when it fails."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from sensor import activity as act
 from sensor.activity import Activity, ActivityError, Source
+from sensor.atomicfile import write_atomic
 from sensor.fail2bandb import DEFAULT_JAIL, Bans, default_dbfile, read_bans
 
 SCHEMA_VERSION = 1
@@ -222,11 +223,8 @@ def write_output(text: str, path: str | None) -> None:
     if path is None:
         sys.stdout.write(text)
         return
-    temporary = f"{path}.tmp{os.getpid()}"
     try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
+        write_atomic(path, text)
     except OSError as exc:
         raise ActivityError(f"--output: {path}: {exc.strerror or exc}") from None
 

@@ -84,6 +84,7 @@ def _write_imported(to: str, ignore_target: str, config_text: str, ignore_text: 
         except ConfigError as exc:
             raise ConfigError(to, exc.line, exc.key, exc.what) from None
     try:
+        os.makedirs(os.path.dirname(to), exist_ok=True)
         written = install_files(((ignore_target, ignore_text), (to, config_text)), suffix, check)
     except ConfigError as exc:
         print(f"import-config: {exc}; nothing written", file=sys.stderr)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sensor.atomicfile import install_file
+from sensor.atomicfile import write_atomic
 from sensor.ignore import Network, local_networks
 
 COMMAND_TIMEOUT = 30
@@ -89,7 +89,7 @@ class HostSystem:
 
     def write(self, path: str, text: str, backup_suffix: str) -> str:
         """Back up, then replace atomically with the same mode."""
-        return install_file(self.path(path), text, backup_suffix)
+        return write_atomic(self.path(path), text, backup_suffix=backup_suffix)
 
     def rename(self, path: str, new_path: str) -> None:
         """Rename under the root."""
