@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 from collections.abc import Iterable
+from dataclasses import dataclass
 from socket import AF_INET, AF_INET6, inet_pton
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -25,9 +26,23 @@ class IgnoreFileError(ValueError):
     """A bad line in an ignore file: ``FILE:LINE: what is wrong``."""
 
 
-def parse_ignore(text: str, path: str) -> tuple[Network, ...]:
-    """Parse ignore-file text; the first bad line raises IgnoreFileError."""
-    networks: list[Network] = []
+@dataclass(frozen=True)
+class IgnoreEntry:
+    """One entry line of an ignore file."""
+
+    line: int
+    text: str                 # the line without surrounding blanks, an inline comment kept
+    item: str                 # the address or CIDR as written
+    network: Network | None   # None: PortSentry's "0.0.0.0", its placeholder for local addresses
+
+
+def ignore_entries(text: str, path: str, skipped: list[str] | None = None) -> list[IgnoreEntry]:
+    """Every entry line of ignore-file text, in order.
+
+    The first bad line raises IgnoreFileError (``FILE:LINE: IGNORE_FILE: ...``); given a
+    ``skipped`` list, bad lines are said there instead and left out.
+    """
+    entries: list[IgnoreEntry] = []
     for number, line in enumerate(text.splitlines(), start=1):
         item = line.split("#", 1)[0].strip()
         if not item:
@@ -35,12 +50,19 @@ def parse_ignore(text: str, path: str) -> tuple[Network, ...]:
         try:
             network = ipaddress.ip_network(item, strict=False)
         except ValueError:
-            raise IgnoreFileError(
-                f"{path}:{number}: IGNORE_FILE: '{item[:60]}' is not an address or CIDR") from None
-        if network.network_address.is_unspecified and "/" not in item:
-            continue  # PortSentry's "0.0.0.0": its own placeholder for local addresses
-        networks.append(network)
-    return tuple(networks)
+            error = f"{path}:{number}: IGNORE_FILE: '{item[:60]}' is not an address or CIDR"
+            if skipped is None:
+                raise IgnoreFileError(error) from None
+            skipped.append(error)
+            continue
+        placeholder = network.network_address.is_unspecified and "/" not in item
+        entries.append(IgnoreEntry(number, line.strip(), item, None if placeholder else network))
+    return entries
+
+
+def parse_ignore(text: str, path: str) -> tuple[Network, ...]:
+    """Parse ignore-file text; the first bad line raises IgnoreFileError."""
+    return tuple(entry.network for entry in ignore_entries(text, path) if entry.network is not None)
 
 
 def read_ignore_file(path: str) -> tuple[Network, ...]:

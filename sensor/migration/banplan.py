@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from sensor.config import ConfigError
-from sensor.ignore import IgnoreList, Network
+from sensor.ignore import IgnoreList, Network, ignore_entries
 from sensor.migration.hostsystem import System
 from sensor.migration.leftover_rules import kill_chains, parse_iptables_save, parse_nft_ruleset
 from sensor.migration.leftovers import (
@@ -158,28 +158,27 @@ def collect(system: System, options: Options) -> Leftovers:
     return leftovers
 
 
-def _ignore_list(system: System) -> IgnoreList:
-    """Addresses never handed to fail2ban: old and new ignore files, this host."""
+def _ignore_list(system: System, notes: list[str]) -> IgnoreList:
+    """Addresses never handed to fail2ban: old and new ignore files, this host.
+
+    A bad line is skipped (PortSentry did too) and named in ``notes``; the file's other lines count.
+    """
     configured: list[Network] = []
+    skipped: list[str] = []
     for path in (DEFAULT_FROM + "/portsentry.ignore.static", DEFAULT_FROM + "/portsentry.ignore",
                  SENSOR_IGNORE):
-        for line in (system.read(path) or "").splitlines():
-            item = line.split("#", 1)[0].strip()
-            try:
-                network = ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                continue
-            if not (network.network_address.is_unspecified and "/" not in item):
-                configured.append(network)
+        entries = ignore_entries(system.read(path) or "", path, skipped)
+        configured += [entry.network for entry in entries if entry.network is not None]
+    notes += [f"{error} (line skipped)" for error in skipped]
     return IgnoreList.build(configured, system.local_networks())
 
 
 def handover(system: System, leftovers: Leftovers, options: Options) -> tuple[list[str], list[str]]:
     """(addresses to ban in fail2ban, notes on those that are not)."""
-    ignore = _ignore_list(system)
+    notes: list[str] = []
+    ignore = _ignore_list(system, notes)
     cutoff = system.now() - options.recent_days * 86400
     chosen: list[str] = []
-    notes: list[str] = []
     for address in sorted(leftovers.active | leftovers.blocked, key=_sort_key):
         when = leftovers.records.get(address, 0)
         day = time.strftime("%Y-%m-%d", time.localtime(when))

@@ -12,12 +12,11 @@ and errors name the *old* file and line.  Pure: text in, text out.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 
 from sensor.config import BLOCKING_KEYS, MODE_KEYS, Config, ConfigError, Setting, build_config, parse_text
-from sensor.ignore import IgnoreFileError, parse_ignore
+from sensor.ignore import IgnoreEntry, IgnoreFileError, ignore_entries
 
 # Keys whose meaning is the same in portsentry-sensor (value copied as-is).
 SAME_KEYS = {
@@ -274,13 +273,6 @@ def translate(conf_text: str, conf_path: str, defaults_text: str | None, default
     return build, config
 
 
-def _entries(text: str, path: str) -> list[tuple[int, str]]:
-    """(line, entry text with inline comment) for every non-comment line."""
-    parse_ignore(text, path)  # raises IgnoreFileError: FILE:LINE: IGNORE_FILE: ...
-    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)
-            if line.split("#", 1)[0].strip()]
-
-
 def _generated_from(text: str) -> int:
     """First line of portsentry-build-ignore-file's host-address section (0 if none)."""
     for number, line in enumerate(text.splitlines(), start=1):
@@ -289,20 +281,19 @@ def _generated_from(text: str) -> int:
     return 0
 
 
-def _ignore_entry(entry: str, where: str, seen: set[str], report: list[Finding]) -> str | None:
-    """The entry to keep, or None (reported)."""
-    item = entry.split("#", 1)[0].strip()
-    network = ipaddress.ip_network(item, strict=False)
-    if network.network_address.is_unspecified and "/" not in item:
-        report.append(Finding("dropped", where, item, "PortSentry's placeholder; the sensor always "
+def _ignore_entry(entry: IgnoreEntry, where: str, seen: set[str], report: list[Finding]) -> str | None:
+    """The entry's line to keep, or None (reported)."""
+    network = entry.network
+    if network is None:
+        report.append(Finding("dropped", where, entry.item, "PortSentry's placeholder; the sensor always "
                               "ignores the host's own addresses and loopback"))
         return None
     if str(network) in seen:
         return None
     seen.add(str(network))
-    note = f" (means {network})" if "/" in item and str(network) != item else ""
-    report.append(Finding("mapped", where, item, "ignored address kept" + note))
-    return entry
+    note = f" (means {network})" if "/" in entry.item and str(network) != entry.item else ""
+    report.append(Finding("mapped", where, entry.item, "ignored address kept" + note))
+    return entry.text
 
 
 def merge_ignore(static_text: str | None, static_path: str, ignore_text: str | None,
@@ -320,10 +311,10 @@ def merge_ignore(static_text: str | None, static_path: str, ignore_text: str | N
         if text is None:
             report.append(Finding("note", path, "", "missing"))
             continue
-        for number, entry in _entries(text, path):
-            where = f"{path}:{number}"
-            if generated and number > generated:
-                report.append(Finding("dropped", where, entry, "host address added by "
+        for entry in ignore_entries(text, path):  # a bad line raises IgnoreFileError: FILE:LINE: ...
+            where = f"{path}:{entry.line}"
+            if generated and entry.line > generated:
+                report.append(Finding("dropped", where, entry.text, "host address added by "
                                       "portsentry-build-ignore-file; the sensor finds these itself"))
                 continue
             kept = _ignore_entry(entry, where, seen, report)

@@ -382,3 +382,15 @@ def test_legacy_settings_read_like_portsentry(tmp_path: Path) -> None:
         'HISTORY_FILE="/a"\nHISTORY_FILE="/b"\n')
     settings = banplan.legacy_settings(FakeSystem(tmp_path), Options().legacy_conf, [])
     assert settings == {"HISTORY_FILE": "/a"}
+
+
+def test_a_bad_ignore_line_is_named_and_the_other_lines_still_count(root: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Ignore files are read by sensor/ignore.py's parser; a bad line is skipped (PortSentry did) and said."""
+    static = root / "etc/portsentry/portsentry.ignore.static"
+    static.write_text("not-an-address\n" + static.read_text())
+    assert commands.migrate_bans(FakeSystem(root), Options(), do_apply=False) == 0
+    out = capsys.readouterr().out
+    assert "198.51.100.20: in the ignore list" in out
+    assert ("note: /etc/portsentry/portsentry.ignore.static:1: IGNORE_FILE: 'not-an-address' is not an "
+            "address or CIDR (line skipped)") in out
