@@ -69,13 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _extensions() -> list[Any]:
     """Subcommands that live in their own modules."""
     import importlib
-    found: list[Any] = []
-    for name in ("sensor.fail2banconfig", "sensor.migration.commands", "sensor.report", "sensor.status"):
-        try:
-            found.append(importlib.import_module(name))
-        except ImportError:
-            continue
-    return found
+    return [importlib.import_module(name)
+            for name in ("sensor.fail2banconfig", "sensor.migration.commands", "sensor.report", "sensor.status")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,3 +69,18 @@ def test_run_with_missing_config_exit_2(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert out.stderr.strip() == f"portsentry-sensor: {tmp_path}/x.conf: No such file or directory"
+
+
+def test_a_broken_command_module_is_an_error_not_a_missing_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: the command modules are ours; an ImportError in one must not make its command vanish."""
+    import importlib
+
+    real = importlib.import_module
+
+    def broken(name: str, package: str | None = None) -> object:
+        if name == "sensor.report":
+            raise ImportError("broken on purpose")
+        return real(name, package)
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(ImportError, match="broken on purpose"):
+        main(["report", "--help"])
