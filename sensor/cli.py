@@ -41,8 +41,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return check(args.config, args.defaults, quiet=args.quiet)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line."""
+def build_parser(extensions: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; without ``extensions`` only ``run`` and ``check`` (what the daemon needs)."""
     parser = argparse.ArgumentParser(
         prog="portsentry-sensor",
         description="Detect port scans (TCP/UDP, IPv4/IPv6) and log them for fail2ban; never blocks.",
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(chk)
     chk.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     chk.set_defaults(func=_cmd_check)
-    for module in _extensions():
+    for module in _extensions() if extensions else ():
         module.add_commands(sub)
     return parser
 
@@ -75,7 +75,9 @@ def _extensions() -> list[Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The daemon's own commands do not load the tools' modules (migration, report: tests/unit/test_imports.py).
+    parser = build_parser(extensions=argv[:1] not in (["run"], ["check"]))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

@@ -86,20 +86,28 @@ def test_the_cycle_finder_finds_a_cycle(tmp_path: Path) -> None:
     assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.a"]
 
 
-def migration_modules_loaded_by(module: str) -> list[str]:
-    """The sensor.migration modules in sys.modules after a fresh interpreter imports ``module``."""
-    code = (f"import sys, {module}\n"
-            "print(*sorted(m for m in sys.modules if m == 'sensor.migration' or m.startswith('sensor.migration.')))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+def migration_modules_after(code: str) -> list[str]:
+    """The sensor.migration modules in sys.modules after a fresh interpreter runs ``code``."""
+    probe = (f"import sys\n{code}\n"
+             "print(*sorted(m for m in sys.modules if m == 'sensor.migration' or m.startswith('sensor.migration.')))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout.split()
 
 
 def test_the_daemon_imports_no_migration_module() -> None:
-    assert migration_modules_loaded_by("sensor.daemon") == []
+    assert migration_modules_after("import sensor.daemon") == []
+
+
+def test_portsentry_sensor_run_loads_no_migration_module() -> None:
+    """The daemon's own command line (``portsentry-sensor run``, as the unit starts it) loads only the daemon."""
+    assert migration_modules_after("import sensor.daemon\n"
+                                   "sensor.daemon.run = lambda *args, **kwargs: 0\n"
+                                   "from sensor.cli import main\n"
+                                   "assert main(['run', '--stderr']) == 0") == []
 
 
 def test_the_migration_commands_do_import_the_migration_package() -> None:
-    """The check above could fail: the same probe sees the package when it is loaded."""
-    assert "sensor.migration.banplan" in migration_modules_loaded_by("sensor.migration.commands")
+    """The checks above could fail: the same probe sees the package when it is loaded."""
+    assert "sensor.migration.banplan" in migration_modules_after("import sensor.migration.commands")
