@@ -5,20 +5,27 @@ registration opted out, as README.Debian documents for offline machines), then
 portsentry-sensor and portsentry-sensor-crowdsec from the .debs this tree builds.
 Every crowdsec/cscli command runs in an empty network namespace (``unshare --net``):
 nothing may reach the internet, and cscli's online lookups fail fast there
-(``--branch`` names the hub branch it would otherwise look up).  The pack's
-behaviour (parser, scenarios, hubtest, a fleet) is tested in tests/e2e with the
-same files; here the test checks that the installed files are those files.
+(``--branch`` names the hub branch it would otherwise look up).
+
+``cscli hubtest`` runs inside the root on the files the package installed (a hub
+built from the root's own Debian hub plus those files, tests/crowdsec_hub.py), in a
+network namespace with only loopback (hubtest starts a private API server on
+127.0.0.1), under the suite's crowdsec; each mutated assertion must make it fail.
+The fleet (two servers, bouncers) runs on the host (tests/e2e/test_crowdsec.py) and
+in a trixie root (test_package_crowdsec_fleet.py).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from debroot import REPO, DebianRoot, require
+from crowdsec_hub import CASES, ITEMS, MUTATIONS, build_hub, cscli_config, hubtest_args, hubtest_passed, mutate
+from debroot import REPO, DebianRoot, require, run
 
 pytestmark = pytest.mark.package
 
@@ -33,6 +40,7 @@ INSTALLED = {  # where the package puts each file of crowdsec/
     "/usr/share/portsentry-sensor-crowdsec/profiles/portsentry-sensor.yaml": "profiles/portsentry-sensor.yaml",
 }
 OFFLINE = "unshare --net"
+HUBTEST_NETNS = "psP-cshub"  # loopback only: hubtest's private API server listens on 127.0.0.1
 
 
 def cscli(root: DebianRoot, args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -74,6 +82,67 @@ def test_cscli_lists_our_parser_and_scenario(crowdsec_root: DebianRoot) -> None:
     assert "portsentry-sensor/portsentry-sensor-logs" in names or "portsentry-sensor-logs.yaml" in names, names
     names = [s.get("name") for s in scenarios.get("scenarios") or []]
     assert "portsentry-sensor/portsentry-scan" in names or "portsentry-scan.yaml" in names, names
+
+
+@pytest.fixture(scope="module")
+def hubtest_netns(crowdsec_root: DebianRoot) -> Iterator[str]:
+    """A network namespace with only loopback up, for hubtest in the root."""
+    require(["ip"])
+    subprocess.run(["ip", "netns", "del", HUBTEST_NETNS], capture_output=True, check=False)
+    run(["ip", "netns", "add", HUBTEST_NETNS])
+    try:
+        run(["ip", "-n", HUBTEST_NETNS, "link", "set", "lo", "up"])
+        yield HUBTEST_NETNS
+    finally:
+        subprocess.run(["ip", "netns", "del", HUBTEST_NETNS], capture_output=True, check=False)
+
+
+def installed_hub(root: DebianRoot, name: str) -> tuple[Path, Path]:
+    """A hub in the root's /tmp/<name>: the root's Debian hub plus the files the package installed.
+
+    Returns (host path, path inside the root).
+    """
+    inside = Path("/tmp") / name
+    where = root.file(str(inside))
+    shutil.rmtree(where, ignore_errors=True)
+    where.mkdir()
+    item_file = {source: root.file(installed) for installed, source in INSTALLED.items()}
+    assert {item[-1] for item in ITEMS} <= set(item_file), "a hub item the package does not install"
+    build_hub(where, root.file("/usr/share/crowdsec/hub"), item_file)
+    cscli_config(where, seen_as=inside)
+    return where, inside
+
+
+def root_hubtest(root: DebianRoot, netns: str, inside: Path, case: str) -> tuple[bool, str]:
+    """``cscli hubtest run CASE`` chrooted in the root, in ``netns``; (passed, output)."""
+    result = run(["ip", "netns", "exec", netns, "chroot", str(root.path), *hubtest_args(inside, case)],
+                 check=False, timeout=300)
+    out = result.stdout + result.stderr
+    return hubtest_passed(result.returncode, out), out
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_hubtest_passes_on_the_installed_files(crowdsec_root: DebianRoot, hubtest_netns: str, case: str) -> None:
+    where, inside = installed_hub(crowdsec_root, f"hubtest-{case}")
+    try:
+        passed, out = root_hubtest(crowdsec_root, hubtest_netns, inside, case)
+        assert passed, out[-4000:]
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.mark.parametrize("case,name,text,replacement", MUTATIONS)
+def test_hubtest_in_the_root_fails_when_an_assertion_changes(crowdsec_root: DebianRoot, hubtest_netns: str,
+                                                             case: str, name: str, text: str,
+                                                             replacement: str) -> None:
+    """The same hubtest bites in the root: one changed expectation fails its case."""
+    where, inside = installed_hub(crowdsec_root, f"hubtest-mutated-{case}")
+    try:
+        mutate(where / "hub", case, name, text, replacement)
+        passed, out = root_hubtest(crowdsec_root, hubtest_netns, inside, case)
+        assert not passed, out[-4000:]
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def test_purge_removes_the_pack_and_crowdsec_still_passes_its_test(crowdsec_root: DebianRoot) -> None:
