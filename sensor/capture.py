@@ -20,6 +20,8 @@ listener), a reply to one of our own UDP clients (NoPorts did not move), and a
 service that just stopped (its port stays unreported for RELEASE_GRACE
 seconds: its clients retrying a restart are not scanners).
 Needs CAP_NET_RAW.  Malformed packets are counted and dropped, never raised.
+Warnings (a socket that cannot be opened, a coarser filter) go to the ``warn``
+callback: the daemon makes them ``adminalert: warning:`` lines (sensor/daemon.py).
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ import array
 import asyncio
 import errno
 import ipaddress
-import logging
 import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -51,8 +53,6 @@ from sensor.packet import (
     parse_transport,
 )
 from sensor.portplan import PortPlan
-
-log = logging.getLogger(__name__)
 
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 BATCH = 256                 # packets read per wake-up before yielding to the loop
@@ -118,6 +118,11 @@ def _loopback_source(src: str) -> bool:
     return mapped is not None and mapped.is_loopback
 
 
+def _stderr_warning(text: str) -> None:
+    """Where warnings go when nobody passed ``warn`` (tools and tests, not the daemon)."""
+    print(f"portsentry-sensor: warning: {text}", file=sys.stderr)
+
+
 def _loopback_ifindex() -> int | None:
     try:
         return socket.if_nametoindex("lo")
@@ -141,8 +146,10 @@ class RawCapture:
 
     def __init__(self, on_probe: Callable[[Probe], None],
                  ports_in_use: Callable[[str, int], bool] | None = None,
-                 closed_port: ClosedPortProof | None = None) -> None:
+                 closed_port: ClosedPortProof | None = None,
+                 warn: Callable[[str], None] | None = None) -> None:
         self.on_probe = on_probe
+        self.warn = warn or _stderr_warning
         self.ports_in_use = ports_in_use or PortsInUse()
         self.closed_port = closed_port or ClosedPortProof()
         self.released: dict[tuple[str, int], float] = {}
@@ -240,7 +247,7 @@ class RawCapture:
                     raise
                 continue
             if budget != RANGE_BUDGETS[0]:
-                log.warning("kernel filter coarsened to %d port ranges (net.core.optmem_max)", budget)
+                self.warn(f"kernel filter coarsened to {budget} port ranges (net.core.optmem_max)")
             self.stats["filter_insns"] = max(self.stats["filter_insns"], len(program))
             return
 
@@ -248,7 +255,7 @@ class RawCapture:
         try:
             sock = socket.socket(family, socket.SOCK_RAW, _PROTOS[proto])
         except OSError as exc:
-            log.warning("cannot open raw %s socket (CAP_NET_RAW? IPv6 off?): %s", _label(family, proto), exc)
+            self.warn(f"cannot open raw {_label(family, proto)} socket (CAP_NET_RAW? IPv6 off?): {exc}")
             return None
         endpoint = _Endpoint(sock, family, proto)
         try:
@@ -260,7 +267,7 @@ class RawCapture:
             self._drain(sock)
         except OSError as exc:
             sock.close()
-            log.warning("cannot set up raw %s socket: %s", _label(family, proto), exc)
+            self.warn(f"cannot set up raw {_label(family, proto)} socket: {exc}")
             return None
         assert self.loop is not None
         self.loop.add_reader(sock.fileno(), self._readable, endpoint)
@@ -290,7 +297,7 @@ class RawCapture:
                 try:
                     self._attach_plan(endpoint)
                 except OSError as exc:  # the previous filter stays; Python checks the plan anyway
-                    log.warning("cannot update the %s filter: %s", _label(endpoint.family, endpoint.proto), exc)
+                    self.warn(f"cannot update the {_label(endpoint.family, endpoint.proto)} filter: {exc}")
                 kept.append(endpoint)
                 wanted.discard((endpoint.family, endpoint.proto))
             else:

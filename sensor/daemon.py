@@ -181,6 +181,10 @@ class Sensor:
         self.emitter.emit(format_admin(text), {"PRIORITY": str(priority),
                                                "SYSLOG_IDENTIFIER": "portsentry-sensor"})
 
+    def warn(self, text: str) -> None:
+        """A warning status line (the raw capture's channel too)."""
+        self.admin(f"warning: {text}", PRIORITY_WARNING)
+
     def on_probe(self, probe: Probe) -> None:
         """Entry point of every listener: ignore list first, then the detector."""
         if probe.src in self.loaded.ignore:
@@ -299,7 +303,7 @@ class Sensor:
             self.admin("warning: no CAP_NET_RAW: stealth/advanced modes are off; "
                        "only bound modes (tcp/udp) work", PRIORITY_WARNING)
             return None
-        capture = RawCapture(self.on_probe)
+        capture = RawCapture(self.on_probe, warn=self.warn)
         capture.start(asyncio.get_running_loop())
         return capture
 
