@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from sensor import bpf
-from sensor.detector import Probe
 from sensor.liveports import ClosedPortProof, PortsInUse
 from sensor.packet import (
     PROTO_TCP,
@@ -53,6 +52,7 @@ from sensor.packet import (
     parse_transport,
 )
 from sensor.portplan import PortPlan
+from sensor.probe import Probe
 
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 BATCH = 256                 # packets read per wake-up before yielding to the loop

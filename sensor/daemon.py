@@ -27,11 +27,12 @@ from typing import Any
 from sensor import sdnotify
 from sensor.alert import PRIORITY_ERR, PRIORITY_NOTICE, PRIORITY_WARNING, Alert, format_admin, format_alert
 from sensor.config import Config, ConfigError, load_config
-from sensor.detector import Detector, DetectorSettings, Probe
+from sensor.detector import Detector, DetectorSettings
 from sensor.ignore import IgnoreFileError, IgnoreList, Network, local_addresses, local_networks, read_ignore_file
 from sensor.listeners import BoundListeners, failure_lines, limit_summary
 from sensor.metrics import Metrics
 from sensor.portplan import PortPlan, build_plan, read_listening
+from sensor.probe import Probe
 from sensor.sinks import Emitter, sinks_for
 
 EXIT_CONFIG = 2

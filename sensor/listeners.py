@@ -44,8 +44,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sensor import bpf
-from sensor.detector import Probe
 from sensor.portspec import format_ports
+from sensor.probe import Probe
 
 IP_PKTINFO = 8  # linux/in.h; not exported by Python's socket module
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)

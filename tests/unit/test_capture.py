@@ -26,9 +26,9 @@ from sensor.capture import (
     parse_raw_drops,
 )
 from sensor.config import Config
-from sensor.detector import Probe
 from sensor.packet import ACK, FIN, PSH, SYN, URG, Packet
 from sensor.portplan import PortPlan, Skip, build_plan
+from sensor.probe import Probe
 
 PLAN = PortPlan(tcp_raw=frozenset(range(1, 1025)) - {22}, udp_raw=frozenset({161}),
                 tcp_raw_mode="atcp", udp_raw_mode="sudp")

@@ -284,7 +284,7 @@ def test_shutdown_writes_pending_and_closing_alerts_while_a_lookup_hangs(tmp_pat
     cancelled (lost), as was an alert whose lookup was still running; and a hung lookup thread held up
     the exit.  Now both are written without a name, and the hung lookup does not hold up the exit."""
 
-    from sensor.detector import Probe
+    from sensor.probe import Probe
 
     sensor, stream = _resolving_sensor(tmp_path)
     release, asked, mp = _hanging_lookups()
@@ -349,7 +349,7 @@ def test_hung_lookups_are_bounded_and_every_alert_is_written(tmp_path: Path) -> 
 
 def test_flood_guard_lines_go_through_admin(tmp_path: Path) -> None:
     """Issue 11: forged one-probe sources above FLOOD_SOURCES/s: bounded alerts, one admin line says so."""
-    from sensor.detector import Probe
+    from sensor.probe import Probe
 
     path = conf(tmp_path, str(free_port()))
     path.write_text(path.read_text() + 'FLOOD_SOURCES="20"\n')

@@ -8,7 +8,6 @@ import socket
 import pytest
 
 from sensor import bpf
-from sensor.detector import Probe
 from sensor.listeners import (
     IP_PKTINFO,
     BoundListeners,
@@ -17,6 +16,7 @@ from sensor.listeners import (
     udp_arrival,
     udp_destination,
 )
+from sensor.probe import Probe
 
 
 def test_udp_destination_from_pktinfo() -> None:
