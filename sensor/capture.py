@@ -37,9 +37,9 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 
 from sensor import bpf
+from sensor.addr import canonical
 from sensor.liveports import ClosedPortProof, PortsInUse
 from sensor.packet import (
     PROTO_TCP,
@@ -62,15 +62,6 @@ SERVICE_SKIP = "a service listens"   # sensor.portplan's reason for a busy port
 RECV_SIZE = bpf.SNAPLEN
 _PKTINFO_SPACE = socket.CMSG_SPACE(20)  # struct in6_pktinfo
 _PROTOS = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
-
-
-@lru_cache(maxsize=4096)
-def _norm(address: str) -> str:
-    """Canonical text of an address (scope ids and IPv4-mapped forms removed)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
 
 
 def parse_raw_drops(text: str, inodes: set[int]) -> int:
@@ -189,7 +180,7 @@ class RawCapture:
 
     def set_local(self, addresses: Iterable[str]) -> None:
         """This host's addresses; only packets to them count."""
-        self.local = frozenset(_norm(a) for a in addresses)
+        self.local = frozenset(canonical(a) for a in addresses)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Open the sockets the plan needs, attach filters, start reading."""
@@ -330,7 +321,7 @@ class RawCapture:
             if endpoint.family == socket.AF_INET:
                 return parse_ipv4(endpoint.sock.recv(RECV_SIZE))
             data, ancillary, _flags, address = endpoint.sock.recvmsg(RECV_SIZE, _PKTINFO_SPACE)
-            return parse_transport(data, _PROTOS[endpoint.proto], _norm(address[0]),
+            return parse_transport(data, _PROTOS[endpoint.proto], canonical(address[0]),
                                    _pktinfo_destination(ancillary))
         except (Malformed, ValueError, IndexError):
             self.stats["malformed"] += 1

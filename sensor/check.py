@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from sensor.config import Config
 from sensor.daemon import load_all
 from sensor.listeners import allocate, fd_budget, limit_summary
-from sensor.portplan import PortPlan, Skip, build_plan, read_listening
+from sensor.liveports import read_listening
+from sensor.portplan import PortPlan, Skip, build_plan
 from sensor.portspec import format_ports
 
 MODE_TEXT = {

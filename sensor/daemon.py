@@ -30,8 +30,9 @@ from sensor.config import Config, ConfigError, load_config
 from sensor.detector import Detector, DetectorSettings
 from sensor.ignore import IgnoreFileError, IgnoreList, Network, local_addresses, local_networks, read_ignore_file
 from sensor.listeners import BoundListeners, failure_lines, limit_summary
+from sensor.liveports import read_listening
 from sensor.metrics import Metrics
-from sensor.portplan import PortPlan, build_plan, read_listening
+from sensor.portplan import PortPlan, build_plan
 from sensor.probe import Probe
 from sensor.sinks import Emitter, sinks_for
 
