@@ -30,10 +30,10 @@ from sensor.config import Config, ConfigError, load_config
 from sensor.detector import Detector, DetectorSettings
 from sensor.ignore import IgnoreFileError, IgnoreList, Network, local_addresses, local_networks, read_ignore_file
 from sensor.listeners import BoundListeners, failure_lines, limit_summary
-from sensor.liveports import read_listening
 from sensor.metrics import Metrics
 from sensor.portplan import PortPlan, build_plan
 from sensor.probe import Probe
+from sensor.raw.liveports import read_listening
 from sensor.sinks import Emitter, sinks_for
 
 EXIT_CONFIG = 2
@@ -297,7 +297,7 @@ class Sensor:
 
     def _start_capture(self) -> Any:
         try:
-            from sensor.capture import RawCapture
+            from sensor.raw.capture import RawCapture
         except ImportError:
             self.admin("warning: raw-socket capture is not available in this build", PRIORITY_WARNING)
             return None

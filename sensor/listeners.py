@@ -42,10 +42,10 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sensor import bpf
 from sensor.addr import canonical
 from sensor.portspec import format_ports
 from sensor.probe import Probe
+from sensor.raw import bpf
 
 IP_PKTINFO = 8  # linux/in.h; not exported by Python's socket module
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)

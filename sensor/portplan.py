@@ -4,7 +4,7 @@ Bound modes (tcp/udp) watch TCP_PORTS/UDP_PORTS by binding them; stealth modes
 (stcp/sudp) watch the same lists with raw sockets; advanced modes (atcp/audp)
 watch every port from 1 to ADVANCED_PORTS_* minus ADVANCED_EXCLUDE_* minus every
 port a real service listens on (the caller reads those with
-:func:`sensor.liveports.read_listening`).  Pure.
+:func:`sensor.raw.liveports.read_listening`).  Pure.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ import socket
 
 import pytest
 
-from sensor import bpf
 from sensor.listeners import (
     IP_PKTINFO,
     BoundListeners,
@@ -17,6 +16,7 @@ from sensor.listeners import (
     udp_destination,
 )
 from sensor.probe import Probe
+from sensor.raw import bpf
 
 
 def test_udp_destination_from_pktinfo() -> None:

@@ -1,11 +1,11 @@
-"""Live kernel evidence (sensor.liveports): listeners, sockets, UDP NoPorts counters."""
+"""Live kernel evidence (sensor.raw.liveports): listeners, sockets, UDP NoPorts counters."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sensor.liveports import ClosedPortProof, PortsInUse, parse_noports, parse_socket_ports
-from sensor.sockdiag import TCP_LISTEN
+from sensor.raw.liveports import ClosedPortProof, PortsInUse, parse_noports, parse_socket_ports
+from sensor.raw.sockdiag import TCP_LISTEN
 
 PROC = Path(__file__).resolve().parents[1] / "roots" / "proc" / "advanced"
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from sensor.config import Config
-from sensor.liveports import UDP_UNCONNECTED, parse_socket_ports, read_listening
 from sensor.portplan import PortPlan, Skip, build_plan
-from sensor.sockdiag import TCP_LISTEN
+from sensor.raw.liveports import UDP_UNCONNECTED, parse_socket_ports, read_listening
+from sensor.raw.sockdiag import TCP_LISTEN
 
 PROC = Path(__file__).resolve().parents[1] / "roots" / "proc" / "advanced"
 ADVANCED = Config(tcp_modes=("atcp",), udp_modes=("audp",), advanced_ports_tcp=1024,
@@ -73,7 +73,7 @@ def test_advanced_plan_up_to_65535() -> None:
     assert len(plan.tcp_raw) == 65535 - 6      # 22, 113, 139, 443, 631, 8080
     assert 8080 not in plan.tcp_raw and 5353 not in plan.udp_raw
     # A connected client socket's port stays in the plan: the raw capture's live
-    # check (sensor.capture.PortsInUse, any socket state) drops replies to it.
+    # check (sensor.raw.capture.PortsInUse, any socket state) drops replies to it.
     assert 40000 in plan.udp_raw
 
 

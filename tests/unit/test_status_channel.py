@@ -1,6 +1,6 @@
 """One status channel: the raw capture's warnings reach the journal as ``adminalert:`` lines.
 
-Regression (issue 13, item 4): sensor.capture warned through ``logging.getLogger(__name__)``
+Regression (issue 13, item 4): sensor.raw.capture warned through ``logging.getLogger(__name__)``
 with no handler, so "cannot open raw tcp socket" and the like went to stderr without the
 ``adminalert:`` prefix and priority of every other status line; an operator never saw them
 in the journal.  Here the raw sockets cannot be opened (as without CAP_NET_RAW or with IPv6
@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from sensor.alert import PRIORITY_WARNING, SYSLOG_IDENTIFIER
-from sensor.capture import RawCapture
 from sensor.daemon import Sensor
+from sensor.raw.capture import RawCapture
 from sensor.sinks import Emitter, JournalSink
 
 REAL_SOCKET = socket.socket

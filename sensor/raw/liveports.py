@@ -1,13 +1,13 @@
 """Ports in use on this host, and live evidence that a datagram was refused.
 
 The one home of "which ports do real services use": :func:`read_ports` asks
-sock_diag (:mod:`sensor.sockdiag`) for TCP listeners, else reads
+sock_diag (:mod:`sensor.raw.sockdiag`) for TCP listeners, else reads
 /proc/net/{tcp,udp}[6] (proc(5)).  The port plan (:mod:`sensor.portplan`) is
 built from :func:`read_listening` and refreshed every PLAN_REFRESH
 seconds; between refreshes a service can start, and a client of ours can get
 an answer on an ephemeral port the plan watches.  Before the raw capture
 reports a probe it asks here: :class:`PortsInUse` (TCP listeners from
-sock_diag, :mod:`sensor.sockdiag`, or /proc/net/tcp[6]; UDP sockets in any
+sock_diag, :mod:`sensor.raw.sockdiag`, or /proc/net/tcp[6]; UDP sockets in any
 state from /proc/net/udp[6], proc(5)) and :class:`ClosedPortProof` (the UDP
 NoPorts counters of /proc/net/snmp and snmp6, RFC 4113 udpNoPorts).
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from sensor.sockdiag import TCP_LISTEN, listening_tcp_ports
+from sensor.raw.sockdiag import TCP_LISTEN, listening_tcp_ports
 
 UDP_UNCONNECTED = 7   # linux/tcp_states.h TCP_CLOSE: a UDP socket bound without a peer
 

@@ -11,10 +11,10 @@ need PACKET_HOST tricks, defragmentation and ext-header walking in BPF.  The
 price: an AF_INET6 raw socket returns no IPv6 header (RFC 3542), so the
 destination comes from ``IPV6_RECVPKTINFO`` ancillary data via recvmsg().
 
-A classic BPF program (:mod:`sensor.bpf`) is attached to each socket so that
+A classic BPF program (:mod:`sensor.raw.bpf`) is attached to each socket so that
 established traffic and packets to real services never wake Python up; it is
 rebuilt on every :meth:`RawCapture.set_plan`.  Before a probe is reported,
-live kernel evidence (:mod:`sensor.liveports`) closes the gaps of a plan that
+live kernel evidence (:mod:`sensor.raw.liveports`) closes the gaps of a plan that
 is only refreshed every PLAN_REFRESH seconds: a service that just started (its
 listener), a reply to one of our own UDP clients (NoPorts did not move), and a
 service that just stopped (its port stays unreported for RELEASE_GRACE
@@ -38,10 +38,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sensor import bpf
 from sensor.addr import canonical
-from sensor.liveports import ClosedPortProof, PortsInUse
-from sensor.packet import (
+from sensor.portplan import PortPlan
+from sensor.probe import Probe
+from sensor.raw import bpf
+from sensor.raw.liveports import ClosedPortProof, PortsInUse
+from sensor.raw.packet import (
     PROTO_TCP,
     PROTO_UDP,
     Malformed,
@@ -51,8 +53,6 @@ from sensor.packet import (
     parse_ipv4,
     parse_transport,
 )
-from sensor.portplan import PortPlan
-from sensor.probe import Probe
 
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 BATCH = 256                 # packets read per wake-up before yielding to the loop
