@@ -6,8 +6,8 @@ import sys
 from collections.abc import Iterable
 
 from sensor.config import Config
-from sensor.daemon import load_all
 from sensor.listeners import allocate, fd_budget, limit_summary
+from sensor.loaded import load_all
 from sensor.portplan import PortPlan, Skip, build_plan
 from sensor.portspec import format_ports
 from sensor.raw.liveports import read_listening
