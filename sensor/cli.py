@@ -67,15 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions() -> list[Any]:
-    """Subcommands that live in their own modules."""
+    """Subcommands that live in their own modules (a module that does not import is an error)."""
     import importlib
-    found: list[Any] = []
-    for name in ("sensor.jailconfig", "sensor.migrate", "sensor.report", "sensor.status"):
-        try:
-            found.append(importlib.import_module(name))
-        except ImportError:
-            continue
-    return found
+    return [importlib.import_module(name)
+            for name in ("sensor.jailconfig", "sensor.migrate", "sensor.report", "sensor.status")]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

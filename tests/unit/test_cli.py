@@ -69,3 +69,14 @@ def test_run_with_missing_config_exit_2(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert out.stderr.strip() == f"portsentry-sensor: {tmp_path}/x.conf: No such file or directory"
+
+
+def test_a_broken_command_module_is_an_error_not_a_missing_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (issue 13, item 6): cli.py swallowed ImportError for its own command modules, so a
+    broken import made `report` (say) vanish from the command line without a word."""
+    from sensor.cli import build_parser
+
+    monkeypatch.delitem(sys.modules, "sensor.report", raising=False)
+    monkeypatch.setitem(sys.modules, "sensor.report", None)  # importing it raises ImportError
+    with pytest.raises(ImportError):
+        build_parser()
