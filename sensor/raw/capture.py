@@ -21,7 +21,7 @@ service that just stopped (its port stays unreported for RELEASE_GRACE
 seconds: its clients retrying a restart are not scanners).
 Needs CAP_NET_RAW.  Malformed packets are counted and dropped, never raised.
 Warnings (a socket that cannot be opened, a coarser filter) go to the ``warn``
-callback: the daemon makes them ``adminalert: warning:`` lines (sensor/daemon.py).
+callback: the daemon makes them ``adminalert: warning:`` lines (sensor/events.py).
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def test_advanced_plan_up_to_65535() -> None:
     assert len(plan.tcp_raw) == 65535 - 6      # 22, 113, 139, 443, 631, 8080
     assert 8080 not in plan.tcp_raw and 5353 not in plan.udp_raw
     # A connected client socket's port stays in the plan: the raw capture's live
-    # check (sensor.raw.capture.PortsInUse, any socket state) drops replies to it.
+    # check (sensor.raw.liveports.PortsInUse, any socket state) drops replies to it.
     assert 40000 in plan.udp_raw
 
 
