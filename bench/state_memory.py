@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sensor.detector import Detector, DetectorSettings, Probe
+from sensor.detector import Detector, DetectorSettings
+from sensor.probe import Probe
 
 
 def per_window(sources: int, ports: int) -> float:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sensor.probe import Probe, Touch
 
 # One fixed 128-bit id for every attack alert (journalctl MESSAGE_ID=...).
 MESSAGE_ID = "6f0b7d8e3c2a4f1b9d5e8a7c4b3f2e1d"
@@ -38,22 +41,27 @@ _SCAN_TEXT = {
 _SAFE_HOST = re.compile(r"[^A-Za-z0-9.-]")
 
 
-@dataclass(frozen=True)
-class Alert:
-    """One detection: a source touched a watched port (or a summary of many)."""
+_PROBE_FIELDS = tuple(f.name for f in fields(Probe))
 
-    src: str
-    dst: str
-    proto: str
-    dport: int
-    scan: str
-    mode: str
-    verified: bool
+
+@dataclass(frozen=True)
+class Alert(Touch):
+    """One detection: a source touched a watched port (or a summary of many).
+
+    The probe's fields (:class:`sensor.probe.Touch`, then ``flags``) keep their
+    order, so ``Alert(src, dst, proto, dport, scan, mode, verified, count)`` reads as before.
+    """
+
     count: int
     summary: bool = False
     window: int = 0
     flags: str = ""
     hostname: str = ""
+
+    @classmethod
+    def from_probe(cls, probe: Probe, count: int, **extra: Any) -> Alert:
+        """The alert for ``probe`` (every field of the probe, then ``count`` and ``extra``)."""
+        return cls(**{name: getattr(probe, name) for name in _PROBE_FIELDS}, count=count, **extra)
 
 
 def _validate(alert: Alert) -> None:

@@ -6,10 +6,11 @@ import sys
 from collections.abc import Iterable
 
 from sensor.config import Config
-from sensor.daemon import load_all
 from sensor.listeners import allocate, fd_budget, limit_summary
-from sensor.portplan import PortPlan, Skip, build_plan, read_listening
+from sensor.loaded import load_all
+from sensor.portplan import PortPlan, Skip, build_plan
 from sensor.portspec import format_ports
+from sensor.raw.liveports import read_listening
 
 MODE_TEXT = {
     "tcp": "bound sockets", "udp": "bound sockets",

@@ -21,22 +21,9 @@ from dataclasses import dataclass, field
 
 from sensor.alert import Alert
 from sensor.flood import FloodGuard
+from sensor.probe import Probe
 
 _SMALL_SET = 64  # above this many ports a window switches to a bitmap
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One packet or connection that touched a watched port."""
-
-    src: str
-    dst: str
-    proto: str
-    dport: int
-    scan: str
-    mode: str
-    verified: bool
-    flags: str = ""
 
 
 @dataclass(frozen=True)
@@ -220,9 +207,7 @@ class Detector:
             self.evicted += 1
 
     def _alert(self, probe: Probe, count: int, summary: bool = False, window: int = 0) -> Alert:
-        return Alert(src=probe.src, dst=probe.dst, proto=probe.proto, dport=probe.dport,
-                     scan=probe.scan, mode=probe.mode, verified=probe.verified,
-                     count=count, summary=summary, window=window, flags=probe.flags)
+        return Alert.from_probe(probe, count, summary=summary, window=window)
 
     def _summary(self, window: ScanWindow, now: float, closing: bool = False) -> list[Alert]:
         if not window.alerted or window.count <= window.reported or window.last is None:

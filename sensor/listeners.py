@@ -35,7 +35,6 @@ import array
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import os
 import resource
 import socket
@@ -43,9 +42,10 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sensor import bpf
-from sensor.detector import Probe
+from sensor.addr import canonical
 from sensor.portspec import format_ports
+from sensor.probe import Probe
+from sensor.raw import bpf
 
 IP_PKTINFO = 8  # linux/in.h; not exported by Python's socket module
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
@@ -88,13 +88,6 @@ def _reason(exc: OSError) -> str:
 
 def _family_name(family: int) -> str:
     return next(n for f, _, n in FAMILIES if f == family)
-
-
-def _plain(address: str) -> str:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
 
 
 def fd_budget(reserve: int = FD_RESERVE, fd_dir: str = "/proc/self/fd",
@@ -260,8 +253,8 @@ class _TcpTripwire(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         try:
-            src = _plain(transport.get_extra_info("peername")[0])
-            dst = _plain(transport.get_extra_info("sockname")[0])
+            src = canonical(transport.get_extra_info("peername")[0])
+            dst = canonical(transport.get_extra_info("sockname")[0])
         except (TypeError, ValueError, IndexError):
             transport.abort()
             return
@@ -279,7 +272,7 @@ def udp_arrival(ancillary: list[tuple[int, int, bytes]]) -> tuple[str, int] | No
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
             return socket.inet_ntop(socket.AF_INET, data[8:12]), struct.unpack("=i", data[:4])[0]
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
-            return _plain(socket.inet_ntop(socket.AF_INET6, data[:16])), struct.unpack("=i", data[16:20])[0]
+            return canonical(socket.inet_ntop(socket.AF_INET6, data[:16])), struct.unpack("=i", data[16:20])[0]
     return None
 
 
@@ -359,7 +352,7 @@ class BoundListeners:
                 return
             arrival = udp_arrival(ancillary)
             try:
-                src = _plain(peer[0])
+                src = canonical(peer[0])
             except (ValueError, IndexError, TypeError):
                 continue
             if arrival is None or (self.drop_loopback and arrival[1] == self.loopback):

@@ -3,8 +3,8 @@
 Bound modes (tcp/udp) watch TCP_PORTS/UDP_PORTS by binding them; stealth modes
 (stcp/sudp) watch the same lists with raw sockets; advanced modes (atcp/audp)
 watch every port from 1 to ADVANCED_PORTS_* minus ADVANCED_EXCLUDE_* minus every
-port a real service listens on (read from /proc/net/{tcp,tcp6,udp,udp6}, the
-table format of proc(5)).  Pure except :func:`read_listening`.
+port a real service listens on (the caller reads those with
+:func:`sensor.raw.liveports.read_listening`).  Pure.
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sensor.config import Config
-from sensor.sockdiag import listening_tcp_ports
-
-TCP_LISTEN = "0A"
-UDP_UNCONNECTED = "07"
 
 
 @dataclass(frozen=True)
@@ -46,40 +42,6 @@ class PortPlan:
     def raw_mode(self, proto: str) -> str:
         """The raw mode (stcp/atcp/sudp/audp) of ``proto``, or ''."""
         return self.tcp_raw_mode if proto == "tcp" else self.udp_raw_mode
-
-
-def parse_proc_net(text: str, proto: str) -> set[int]:
-    """Local ports in LISTEN (tcp) or bound-unconnected (udp) state."""
-    wanted = TCP_LISTEN if proto == "tcp" else UDP_UNCONNECTED
-    ports: set[int] = set()
-    for line in text.splitlines()[1:]:
-        parts = line.split()
-        if len(parts) < 4 or ":" not in parts[1]:
-            continue
-        if parts[3].upper() != wanted:
-            continue
-        try:
-            ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-        except ValueError:
-            continue
-    ports.discard(0)
-    return ports
-
-
-def read_listening(proto: str, proc: str = "/proc") -> set[int]:
-    """Ports real services use on this host (this network namespace)."""
-    if proto == "tcp" and proc == "/proc":
-        fast = listening_tcp_ports()  # /proc/net/tcp walks every socket of the host: slow
-        if fast is not None:
-            return fast
-    ports: set[int] = set()
-    for name in (proto, f"{proto}6"):
-        try:
-            with open(f"{proc}/net/{name}", encoding="ascii") as handle:
-                ports |= parse_proc_net(handle.read(), proto)
-        except OSError:
-            continue
-    return ports
 
 
 def _advanced(upper: int, exclude: tuple[int, ...], in_use: set[int],

@@ -19,7 +19,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from sensor.alert import FACILITY_DAEMON, PRIORITY_NOTICE, SYSLOG_IDENTIFIER
+from sensor.alert import (
+    FACILITY_DAEMON,
+    PRIORITY_ERR,
+    PRIORITY_NOTICE,
+    PRIORITY_WARNING,
+    SYSLOG_IDENTIFIER,
+    format_admin,
+)
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 SYSLOG_SOCKET = "/dev/log"
@@ -154,8 +161,8 @@ class Emitter:
     def _switched(self, name: str) -> None:
         previous, self.current = self.current, name
         if previous is not None and previous != name:
-            note = f"adminalert: log target changed from {previous} to {name}"
-            self._deliver(note, {"PRIORITY": "4", "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER})
+            note = format_admin(f"log target changed from {previous} to {name}")
+            self._deliver(note, {"PRIORITY": str(PRIORITY_WARNING), "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER})
 
     def emit(self, message: str, fields: dict[str, str]) -> bool:
         """Write one event (after anything still queued); False if it was queued."""
@@ -189,5 +196,5 @@ class Emitter:
             self._switched(name)
         if self.dropped:
             dropped, self.dropped = self.dropped, 0
-            self._deliver(f"adminalert: {dropped} events lost while no log target worked",
-                          {"PRIORITY": "3", "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER})
+            self._deliver(format_admin(f"{dropped} events lost while no log target worked"),
+                          {"PRIORITY": str(PRIORITY_ERR), "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER})

@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from sensor.activity import ActivityError
+from sensor.addr import canonical
 from sensor.config import DEFAULT_CONFIG, ConfigError, load_config
 from sensor.fail2bandb import normalize
 from sensor.ignore import LOOPBACK, IgnoreFileError, Network, local_networks, read_ignore_file
@@ -25,9 +26,7 @@ from sensor.report import gather
 
 def ignored_by(address: str, config_path: str, proc: str = "/proc") -> dict[str, Any]:
     """Which ignore entry (if any) covers ``address``: configured file first, then loopback, then local."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = ipaddress.ip_address(canonical(address))
     try:
         config = load_config(config_path)
         configured: tuple[Network, ...] = read_ignore_file(config.ignore_file)

@@ -17,9 +17,9 @@ Each test is the admin's bad day in one sentence:
   consistent config at the end and not one leaked descriptor or socket.
 
 Two of these found bugs, pinned by unit regressions too: the daemon died with
-EMFILE right after binding under ``ulimit -n 64`` (tests/unit/test_listeners_limits.py),
+EMFILE right after binding under ``ulimit -n 64`` (tests/unit/test_listeners.py),
 and alerts vanished while journald's socket file was gone, because libsystemd
-reports success on ENOENT (tests/unit/test_sinks_journal_gone.py).
+reports success on ENOENT (tests/unit/test_sinks.py).
 
 The journald test runs its own journald in a private mount namespace (tmpfs
 over /run/systemd/journal and the journal directories), so stopping it never

@@ -47,7 +47,7 @@ from lab import (
 
 sys.path.insert(0, str(REPO_ROOT))
 from sensor.alert import MESSAGE_ID
-from sensor.capture import RELEASE_GRACE
+from sensor.raw.capture import RELEASE_GRACE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

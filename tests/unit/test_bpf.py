@@ -1,4 +1,4 @@
-"""The kernel filter of the raw capture (sensor.bpf): built, simulated and run in the kernel.
+"""The kernel filter of the raw capture (sensor.raw.bpf): built, simulated and run in the kernel.
 
 The simulation tests pin the program's logic against the plan for any port
 set; the ``e2e``-marked test attaches the same programs to raw sockets in a
@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor import bpf
-from sensor.packet import ACK, FIN, PSH, RST, SYN, URG
+from sensor.raw import bpf
+from sensor.raw.packet import ACK, FIN, PSH, RST, SYN, URG
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
@@ -174,9 +174,9 @@ UDP_WATCHED = "set(range(1, 1025)) - {53}"
 
 RECEIVER = textwrap.dedent(f"""
     import json, select, socket, sys, time
-    from sensor import bpf
-    from sensor.capture import _attach
-    from sensor.packet import parse_ipv4, parse_transport
+    from sensor.raw import bpf
+    from sensor.raw.capture import _attach
+    from sensor.raw.packet import parse_ipv4, parse_transport
     plan = {{"tcp": {TCP_WATCHED}, "udp": {UDP_WATCHED}}}
     lo = socket.if_nametoindex("lo")
     socks = {{}}
@@ -311,7 +311,7 @@ def test_the_kernel_runs_the_filter_as_planned() -> None:
 
 COARSEN = textwrap.dedent("""
     import asyncio, json
-    from sensor.capture import RawCapture
+    from sensor.raw.capture import RawCapture
     from sensor.portplan import PortPlan
 
     async def main():

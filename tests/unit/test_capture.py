@@ -1,4 +1,4 @@
-"""The raw-socket backend (sensor.capture): decisions, reading, socket lifecycle.
+"""The raw-socket backend (sensor.raw.capture): decisions, reading, socket lifecycle.
 
 Decisions and reading are tested with fake sockets; the lifecycle test opens
 real raw sockets (needs CAP_NET_RAW) but never sends anything.  The kernel
@@ -17,7 +17,10 @@ from ci import skip_or_fail
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor.capture import (
+from sensor.config import Config
+from sensor.portplan import PortPlan, Skip, build_plan
+from sensor.probe import Probe
+from sensor.raw.capture import (
     SERVICE_SKIP,
     ClosedPortProof,
     RawCapture,
@@ -25,10 +28,7 @@ from sensor.capture import (
     _pktinfo_destination,
     parse_raw_drops,
 )
-from sensor.config import Config
-from sensor.detector import Probe
-from sensor.packet import ACK, FIN, PSH, SYN, URG, Packet
-from sensor.portplan import PortPlan, Skip, build_plan
+from sensor.raw.packet import ACK, FIN, PSH, SYN, URG, Packet
 
 PLAN = PortPlan(tcp_raw=frozenset(range(1, 1025)) - {22}, udp_raw=frozenset({161}),
                 tcp_raw_mode="atcp", udp_raw_mode="sudp")
@@ -243,7 +243,7 @@ def test_the_skip_reason_capture_relies_on_is_portplans() -> None:
 
 def test_socket_failures_are_warnings_not_crashes(monkeypatch: pytest.MonkeyPatch) -> None:
     """No raw sockets (no CAP_NET_RAW, IPv6 off, a seccomp filter): set_plan never raises."""
-    import sensor.capture as capture_module
+    import sensor.raw.capture as capture_module
 
     def refuse(*args: object) -> None:
         raise PermissionError(1, "Operation not permitted")
@@ -262,7 +262,7 @@ def test_socket_failures_are_warnings_not_crashes(monkeypatch: pytest.MonkeyPatc
 
 def test_a_refused_filter_closes_that_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     require_raw_sockets()
-    import sensor.capture as capture_module
+    import sensor.raw.capture as capture_module
 
     def refuse(sock: socket.socket, program: object) -> None:
         raise PermissionError(1, "Operation not permitted")

@@ -1,4 +1,4 @@
-"""sensor/daemon.py in-process: reload keeps the last good config, plans follow config."""
+"""sensor/daemon.py, events.py, watch.py in-process: reload keeps the last good config, plans follow config."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from sensor.daemon import Sensor, describe
+from sensor.daemon import Sensor
 from sensor.portplan import PortPlan
 from sensor.sinks import Emitter, StderrSink
+from sensor.watch import describe
 
 
 def free_port() -> int:
@@ -113,7 +114,7 @@ def test_ignore_list_is_rebuilt_only_when_host_addresses_change(tmp_path: Path) 
     entries); now only a change of this host's addresses (or of the file) rebuilds it."""
     import pytest as _pytest
 
-    from sensor import daemon
+    from sensor import loaded
 
     proc = tmp_path / "proc"
     (proc / "net").mkdir(parents=True)
@@ -124,14 +125,14 @@ def test_ignore_list_is_rebuilt_only_when_host_addresses_change(tmp_path: Path) 
     (tmp_path / "ignore").write_text("198.51.100.0/24\n")
     sensor = Sensor(str(conf(tmp_path, str(free_port()))), defaults=[], proc=str(proc))
     builds: list[int] = []
-    real_build = daemon.IgnoreList.build
+    real_build = loaded.IgnoreList.build
 
     def counting_build(*args: object, **kw: object) -> object:
         builds.append(1)
         return real_build(*args, **kw)  # type: ignore[arg-type]
 
     mp = _pytest.MonkeyPatch()
-    mp.setattr(daemon.IgnoreList, "build", counting_build)
+    mp.setattr(loaded.IgnoreList, "build", counting_build)
     try:
         for _ in range(5):
             asyncio.run(sensor.refresh_plan())
@@ -284,7 +285,7 @@ def test_shutdown_writes_pending_and_closing_alerts_while_a_lookup_hangs(tmp_pat
     cancelled (lost), as was an alert whose lookup was still running; and a hung lookup thread held up
     the exit.  Now both are written without a name, and the hung lookup does not hold up the exit."""
 
-    from sensor.detector import Probe
+    from sensor.probe import Probe
 
     sensor, stream = _resolving_sensor(tmp_path)
     release, asked, mp = _hanging_lookups()
@@ -320,12 +321,12 @@ def test_hung_lookups_are_bounded_and_every_alert_is_written(tmp_path: Path) -> 
     """20 alerts while every lookup hangs: at most MAX_LOOKUPS lookup threads, all 20 alerts written."""
 
 
-    from sensor import daemon
+    from sensor import events
     from sensor.alert import Alert
 
     sensor, stream = _resolving_sensor(tmp_path)
     release, asked, mp = _hanging_lookups()
-    mp.setattr(daemon, "RESOLVE_TIMEOUT", 0.2)
+    mp.setattr(events, "RESOLVE_TIMEOUT", 0.2)
 
     async def scenario() -> None:
         for i in range(20):
@@ -344,12 +345,12 @@ def test_hung_lookups_are_bounded_and_every_alert_is_written(tmp_path: Path) -> 
     lines = stream.getvalue().splitlines()
     assert len(lines) == 20 and all("host=" not in line for line in lines), lines
     assert {line.split()[2] for line in lines} == {f"src=198.51.100.{i + 1}" for i in range(20)}
-    assert len(asked) == daemon.MAX_LOOKUPS and threads == daemon.MAX_LOOKUPS
+    assert len(asked) == events.MAX_LOOKUPS and threads == events.MAX_LOOKUPS
 
 
 def test_flood_guard_lines_go_through_admin(tmp_path: Path) -> None:
     """Issue 11: forged one-probe sources above FLOOD_SOURCES/s: bounded alerts, one admin line says so."""
-    from sensor.detector import Probe
+    from sensor.probe import Probe
 
     path = conf(tmp_path, str(free_port()))
     path.write_text(path.read_text() + 'FLOOD_SOURCES="20"\n')

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sensor.detector import Detector, DetectorSettings, Probe
+from sensor.detector import Detector, DetectorSettings
+from sensor.probe import Probe
 
 
 def probe(port: int, src: str = "198.51.100.7", proto: str = "tcp") -> Probe:

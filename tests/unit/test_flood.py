@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from sensor.alert import Alert
-from sensor.detector import Detector, DetectorSettings, Probe
+from sensor.detector import Detector, DetectorSettings
 from sensor.flood import QUIET, prefix
+from sensor.probe import Probe
 
 SCANNER = "192.0.2.66"
 

@@ -1,7 +1,7 @@
 """Fuzzing with a fixed budget: everything that reads attacker or admin bytes (issue 7).
 
 Three inputs reach the sensor from outside: packets (attacker bytes, through
-sensor.packet and the raw capture into the detector and the alert line), the
+sensor.raw.packet and the raw capture into the detector and the alert line), the
 configuration (admin text, through sensor.config) and the ignore file
 (sensor.ignore).  Each parser may refuse its input only with its own error
 type: Malformed for packets, ConfigError for configuration, IgnoreFileError for
@@ -25,12 +25,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sensor.alert import format_alert
-from sensor.capture import RawCapture
 from sensor.config import KNOWN_KEYS, ConfigError, Setting, build_config, load_config, parse_text
-from sensor.detector import Detector, DetectorSettings, Probe
+from sensor.detector import Detector, DetectorSettings
 from sensor.ignore import IgnoreFileError, IgnoreList, parse_ignore
-from sensor.packet import Malformed, Packet, classify, parse_ip, parse_ipv4, parse_ipv6, parse_transport
 from sensor.portplan import PortPlan
+from sensor.probe import Probe
+from sensor.raw.capture import RawCapture
+from sensor.raw.packet import Malformed, Packet, classify, parse_ip, parse_ipv4, parse_ipv6, parse_transport
 
 DEEP = int(os.environ.get("PORTSENTRY_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=DEEP or 200, deadline=None, derandomize=not DEEP, database=None,

@@ -1,17 +1,18 @@
-"""Live kernel evidence (sensor.liveports): listeners, sockets, UDP NoPorts counters."""
+"""Live kernel evidence (sensor.raw.liveports): listeners, sockets, UDP NoPorts counters."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sensor.liveports import ClosedPortProof, PortsInUse, parse_noports, parse_socket_ports
+from sensor.raw.liveports import ClosedPortProof, PortsInUse, parse_noports, parse_socket_ports
+from sensor.raw.sockdiag import TCP_LISTEN
 
 PROC = Path(__file__).resolve().parents[1] / "roots" / "proc" / "advanced"
 
 
 def test_socket_tables_list_every_local_port_in_any_state() -> None:
     assert parse_socket_ports((PROC / "net" / "tcp").read_text()) == {22, 443, 631, 37630}
-    assert parse_socket_ports((PROC / "net" / "tcp").read_text(), "0A") == {22, 443, 631}
+    assert parse_socket_ports((PROC / "net" / "tcp").read_text(), TCP_LISTEN) == {22, 443, 631}
     assert parse_socket_ports((PROC / "net" / "udp").read_text()) == {53, 5353, 40000}
     assert parse_socket_ports("header\n 0: nonsense\n 1: 0:ZZ\n") == set()
 

@@ -1,4 +1,4 @@
-"""Parsing and classification of hand-built IPv4/IPv6 headers (sensor.packet)."""
+"""Parsing and classification of hand-built IPv4/IPv6 headers (sensor.raw.packet)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor.packet import (
+from sensor.raw.packet import (
     ACK,
     CWR,
     ECE,

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from sensor.config import Config
-from sensor.portplan import PortPlan, Skip, build_plan, parse_proc_net, read_listening
+from sensor.portplan import PortPlan, Skip, build_plan
+from sensor.raw.liveports import UDP_UNCONNECTED, parse_socket_ports, read_listening
+from sensor.raw.sockdiag import TCP_LISTEN
 
 PROC = Path(__file__).resolve().parents[1] / "roots" / "proc" / "advanced"
 ADVANCED = Config(tcp_modes=("atcp",), udp_modes=("audp",), advanced_ports_tcp=1024,
@@ -29,13 +31,13 @@ def table(name: str) -> str:
 
 
 def test_tcp_tables_yield_listening_ports_only() -> None:
-    assert parse_proc_net(table("tcp"), "tcp") == {22, 443, 631}   # not 37630 (ESTABLISHED)
-    assert parse_proc_net(table("tcp6"), "tcp") == {22, 8080}
+    assert parse_socket_ports(table("tcp"), TCP_LISTEN) == {22, 443, 631}   # not 37630 (ESTABLISHED)
+    assert parse_socket_ports(table("tcp6"), TCP_LISTEN) == {22, 8080}
 
 
 def test_udp_tables_yield_unconnected_sockets_only() -> None:
-    assert parse_proc_net(table("udp"), "udp") == {53, 5353}        # not 40000 (connected, state 01)
-    assert parse_proc_net(table("udp6"), "udp") == {123}
+    assert parse_socket_ports(table("udp"), UDP_UNCONNECTED) == {53, 5353}        # not 40000 (connected, state 01)
+    assert parse_socket_ports(table("udp6"), UDP_UNCONNECTED) == {123}
 
 
 def test_read_listening_merges_both_families() -> None:
@@ -51,7 +53,7 @@ def test_missing_tables_mean_no_services() -> None:
                                   "header\n 0: 00000000:ZZZZ 00000000:0000 0A\n",
                                   "header\n 0: 00000000:0000 00000000:0000 0A\n"])
 def test_garbage_tables_yield_nothing(text: str) -> None:
-    assert parse_proc_net(text, "tcp") == set()
+    assert parse_socket_ports(text, TCP_LISTEN) == set()
 
 
 def test_advanced_plan_watches_every_unused_port_below_the_bound() -> None:
@@ -71,7 +73,7 @@ def test_advanced_plan_up_to_65535() -> None:
     assert len(plan.tcp_raw) == 65535 - 6      # 22, 113, 139, 443, 631, 8080
     assert 8080 not in plan.tcp_raw and 5353 not in plan.udp_raw
     # A connected client socket's port stays in the plan: the raw capture's live
-    # check (sensor.capture.PortsInUse, any socket state) drops replies to it.
+    # check (sensor.raw.liveports.PortsInUse, any socket state) drops replies to it.
     assert 40000 in plan.udp_raw
 
 

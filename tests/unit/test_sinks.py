@@ -98,3 +98,23 @@ def test_journal_sink_without_socket_returns_false(tmp_path: Path) -> None:
 def test_chains() -> None:
     assert [s.name for s in sinks.sinks_for("auto")] == ["journald", "syslog", "stderr"]
     assert [s.name for s in sinks.sinks_for("stderr")] == ["stderr"]
+
+
+# --- from the fault tests (issue 7): journald's socket file removed (was test_sinks_journal_gone.py) ---
+
+def test_missing_journal_socket_falls_back_instead_of_losing_the_alert(tmp_path: Path) -> None:
+    """Regression: with /run/systemd/journal/socket removed, libsystemd's sd_journal_send() returns
+    success without sending (ENOENT "fails silently"), so alerts vanished while journald was gone
+    (15 of 60 lost in test_faults.py's journald test); now the sink refuses and stderr takes them."""
+    sent: list[str] = []
+    journal = JournalSink(str(tmp_path / "socket"))
+    journal.send = lambda message, **fields: sent.append(message)  # libsystemd's silent success
+    stream = io.StringIO()
+    emitter = Emitter([journal, StderrSink(stream)])
+    assert emitter.emit("attackalert: src=192.0.2.7", {})
+    assert sent == [] and "attackalert: src=192.0.2.7" in stream.getvalue()
+
+    (tmp_path / "socket").touch()  # journald is back
+    assert emitter.emit("attackalert: src=192.0.2.8", {})
+    assert sent[0] == "attackalert: src=192.0.2.8"
+    assert sent[1:] == ["adminalert: log target changed from stderr to journald"]

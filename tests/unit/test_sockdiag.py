@@ -1,4 +1,4 @@
-"""sensor/sockdiag.py: the sock_diag request, reply parsing, and a live listener found."""
+"""sensor/raw/sockdiag.py: the sock_diag request, reply parsing, and a live listener found."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sensor import sockdiag
+from sensor.raw import sockdiag
 
 
 def _message(kind: int, payload: bytes) -> bytes:

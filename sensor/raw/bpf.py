@@ -8,7 +8,7 @@ and drops, before any copy to user space:
 * packets that came in on the loopback interface (our own traffic);
 * IPv4 packets to multicast/broadcast addresses (224.0.0.0 and up);
 * TCP segments with ACK or RST (established traffic and replies, never a
-  scan probe: see :mod:`sensor.packet`);
+  scan probe: see :mod:`sensor.raw.packet`);
 * packets to ports the plan does not watch, including every port a real
   service listens on.
 
@@ -20,10 +20,10 @@ needs more than the 8-bit offset classic BPF allows.  An advanced plan over
 unwatched ports through and Python rejects them, it never drops a watched one.
 The kernel charges a filter to the socket's option memory (net.core.optmem_max:
 20480 bytes by default before Linux 6.9, Debian 12 included, which holds about
-400 ranges); :mod:`sensor.capture` retries with fewer ranges when it is refused.
+400 ranges); :mod:`sensor.raw.capture` retries with fewer ranges when it is refused.
 
 Pure: this module only builds, encodes and (for tests) simulates programs;
-:mod:`sensor.capture` attaches them.
+:mod:`sensor.raw.capture` attaches them.
 """
 
 from __future__ import annotations

@@ -11,15 +11,17 @@ need PACKET_HOST tricks, defragmentation and ext-header walking in BPF.  The
 price: an AF_INET6 raw socket returns no IPv6 header (RFC 3542), so the
 destination comes from ``IPV6_RECVPKTINFO`` ancillary data via recvmsg().
 
-A classic BPF program (:mod:`sensor.bpf`) is attached to each socket so that
+A classic BPF program (:mod:`sensor.raw.bpf`) is attached to each socket so that
 established traffic and packets to real services never wake Python up; it is
 rebuilt on every :meth:`RawCapture.set_plan`.  Before a probe is reported,
-live kernel evidence (:mod:`sensor.liveports`) closes the gaps of a plan that
+live kernel evidence (:mod:`sensor.raw.liveports`) closes the gaps of a plan that
 is only refreshed every PLAN_REFRESH seconds: a service that just started (its
 listener), a reply to one of our own UDP clients (NoPorts did not move), and a
 service that just stopped (its port stays unreported for RELEASE_GRACE
 seconds: its clients retrying a restart are not scanners).
 Needs CAP_NET_RAW.  Malformed packets are counted and dropped, never raised.
+Warnings (a socket that cannot be opened, a coarser filter) go to the ``warn``
+callback: the daemon makes them ``adminalert: warning:`` lines (sensor/events.py).
 """
 
 from __future__ import annotations
@@ -28,19 +30,20 @@ import array
 import asyncio
 import errno
 import ipaddress
-import logging
 import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 
-from sensor import bpf
-from sensor.detector import Probe
-from sensor.liveports import ClosedPortProof, PortsInUse
-from sensor.packet import (
+from sensor.addr import canonical
+from sensor.portplan import PortPlan
+from sensor.probe import Probe
+from sensor.raw import bpf
+from sensor.raw.liveports import ClosedPortProof, PortsInUse
+from sensor.raw.packet import (
     PROTO_TCP,
     PROTO_UDP,
     Malformed,
@@ -50,9 +53,6 @@ from sensor.packet import (
     parse_ipv4,
     parse_transport,
 )
-from sensor.portplan import PortPlan
-
-log = logging.getLogger(__name__)
 
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 BATCH = 256                 # packets read per wake-up before yielding to the loop
@@ -62,15 +62,6 @@ SERVICE_SKIP = "a service listens"   # sensor.portplan's reason for a busy port
 RECV_SIZE = bpf.SNAPLEN
 _PKTINFO_SPACE = socket.CMSG_SPACE(20)  # struct in6_pktinfo
 _PROTOS = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
-
-
-@lru_cache(maxsize=4096)
-def _norm(address: str) -> str:
-    """Canonical text of an address (scope ids and IPv4-mapped forms removed)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
 
 
 def parse_raw_drops(text: str, inodes: set[int]) -> int:
@@ -118,6 +109,11 @@ def _loopback_source(src: str) -> bool:
     return mapped is not None and mapped.is_loopback
 
 
+def _stderr_warning(text: str) -> None:
+    """Where warnings go when nobody passed ``warn`` (tools and tests, not the daemon)."""
+    print(f"portsentry-sensor: warning: {text}", file=sys.stderr)
+
+
 def _loopback_ifindex() -> int | None:
     try:
         return socket.if_nametoindex("lo")
@@ -141,8 +137,10 @@ class RawCapture:
 
     def __init__(self, on_probe: Callable[[Probe], None],
                  ports_in_use: Callable[[str, int], bool] | None = None,
-                 closed_port: ClosedPortProof | None = None) -> None:
+                 closed_port: ClosedPortProof | None = None,
+                 warn: Callable[[str], None] | None = None) -> None:
         self.on_probe = on_probe
+        self.warn = warn or _stderr_warning
         self.ports_in_use = ports_in_use or PortsInUse()
         self.closed_port = closed_port or ClosedPortProof()
         self.released: dict[tuple[str, int], float] = {}
@@ -182,7 +180,7 @@ class RawCapture:
 
     def set_local(self, addresses: Iterable[str]) -> None:
         """This host's addresses; only packets to them count."""
-        self.local = frozenset(_norm(a) for a in addresses)
+        self.local = frozenset(canonical(a) for a in addresses)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Open the sockets the plan needs, attach filters, start reading."""
@@ -240,7 +238,7 @@ class RawCapture:
                     raise
                 continue
             if budget != RANGE_BUDGETS[0]:
-                log.warning("kernel filter coarsened to %d port ranges (net.core.optmem_max)", budget)
+                self.warn(f"kernel filter coarsened to {budget} port ranges (net.core.optmem_max)")
             self.stats["filter_insns"] = max(self.stats["filter_insns"], len(program))
             return
 
@@ -248,7 +246,7 @@ class RawCapture:
         try:
             sock = socket.socket(family, socket.SOCK_RAW, _PROTOS[proto])
         except OSError as exc:
-            log.warning("cannot open raw %s socket (CAP_NET_RAW? IPv6 off?): %s", _label(family, proto), exc)
+            self.warn(f"cannot open raw {_label(family, proto)} socket (CAP_NET_RAW? IPv6 off?): {exc}")
             return None
         endpoint = _Endpoint(sock, family, proto)
         try:
@@ -260,7 +258,7 @@ class RawCapture:
             self._drain(sock)
         except OSError as exc:
             sock.close()
-            log.warning("cannot set up raw %s socket: %s", _label(family, proto), exc)
+            self.warn(f"cannot set up raw {_label(family, proto)} socket: {exc}")
             return None
         assert self.loop is not None
         self.loop.add_reader(sock.fileno(), self._readable, endpoint)
@@ -290,7 +288,7 @@ class RawCapture:
                 try:
                     self._attach_plan(endpoint)
                 except OSError as exc:  # the previous filter stays; Python checks the plan anyway
-                    log.warning("cannot update the %s filter: %s", _label(endpoint.family, endpoint.proto), exc)
+                    self.warn(f"cannot update the {_label(endpoint.family, endpoint.proto)} filter: {exc}")
                 kept.append(endpoint)
                 wanted.discard((endpoint.family, endpoint.proto))
             else:
@@ -323,7 +321,7 @@ class RawCapture:
             if endpoint.family == socket.AF_INET:
                 return parse_ipv4(endpoint.sock.recv(RECV_SIZE))
             data, ancillary, _flags, address = endpoint.sock.recvmsg(RECV_SIZE, _PKTINFO_SPACE)
-            return parse_transport(data, _PROTOS[endpoint.proto], _norm(address[0]),
+            return parse_transport(data, _PROTOS[endpoint.proto], canonical(address[0]),
                                    _pktinfo_destination(ancillary))
         except (Malformed, ValueError, IndexError):
             self.stats["malformed"] += 1

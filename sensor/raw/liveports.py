@@ -1,10 +1,13 @@
-"""Live evidence from the kernel that a port is in use or a datagram was refused.
+"""Ports in use on this host, and live evidence that a datagram was refused.
 
-The port plan (:mod:`sensor.portplan`) is refreshed every PLAN_REFRESH
+The one home of "which ports do real services use": :func:`read_ports` asks
+sock_diag (:mod:`sensor.raw.sockdiag`) for TCP listeners, else reads
+/proc/net/{tcp,udp}[6] (proc(5)).  The port plan (:mod:`sensor.portplan`) is
+built from :func:`read_listening` and refreshed every PLAN_REFRESH
 seconds; between refreshes a service can start, and a client of ours can get
 an answer on an ephemeral port the plan watches.  Before the raw capture
 reports a probe it asks here: :class:`PortsInUse` (TCP listeners from
-sock_diag, :mod:`sensor.sockdiag`, or /proc/net/tcp[6]; UDP sockets in any
+sock_diag, :mod:`sensor.raw.sockdiag`, or /proc/net/tcp[6]; UDP sockets in any
 state from /proc/net/udp[6], proc(5)) and :class:`ClosedPortProof` (the UDP
 NoPorts counters of /proc/net/snmp and snmp6, RFC 4113 udpNoPorts).
 """
@@ -13,22 +16,50 @@ from __future__ import annotations
 
 import time
 
-from sensor.portplan import TCP_LISTEN
-from sensor.sockdiag import listening_tcp_ports
+from sensor.raw.sockdiag import TCP_LISTEN, listening_tcp_ports
+
+UDP_UNCONNECTED = 7   # linux/tcp_states.h TCP_CLOSE: a UDP socket bound without a peer
 
 
-def parse_socket_ports(text: str, state: str | None = None) -> set[int]:
-    """Local ports in a /proc/net/{tcp,udp}[6] table: every socket, or those in ``state``."""
+def parse_socket_ports(text: str, state: int | None = None) -> set[int]:
+    """Local ports in a /proc/net/{tcp,udp}[6] table: every socket, or those in ``state``.
+
+    The st column is the kernel's state number in hex (TCP_LISTEN is ``0A``).
+    """
     ports: set[int] = set()
     for line in text.splitlines()[1:]:
         parts = line.split(None, 4)
-        if len(parts) < 4 or ":" not in parts[1] or (state and parts[3] != state):
+        if len(parts) < 4 or ":" not in parts[1]:
             continue
         try:
+            if state is not None and int(parts[3], 16) != state:
+                continue
             ports.add(int(parts[1].rsplit(":", 1)[1], 16))
         except ValueError:
             continue
+    ports.discard(0)
     return ports
+
+
+def read_ports(proto: str, proc: str = "/proc", state: int | None = None) -> set[int]:
+    """Local ports of ``proto`` sockets (IPv4 and IPv6) in ``state`` (None: any state)."""
+    if proto == "tcp" and state == TCP_LISTEN and proc == "/proc":
+        fast = listening_tcp_ports()  # /proc/net/tcp walks every socket of the host: slow
+        if fast is not None:
+            return fast
+    ports: set[int] = set()
+    for name in (proto, f"{proto}6"):
+        try:
+            with open(f"{proc}/net/{name}", encoding="ascii") as handle:
+                ports |= parse_socket_ports(handle.read(), state)
+        except OSError:
+            continue
+    return ports
+
+
+def read_listening(proto: str, proc: str = "/proc") -> set[int]:
+    """Ports real services use on this host (this network namespace): TCP LISTEN, UDP unconnected."""
+    return read_ports(proto, proc, TCP_LISTEN if proto == "tcp" else UDP_UNCONNECTED)
 
 
 class PortsInUse:
@@ -54,14 +85,7 @@ class PortsInUse:
         self.reads = 0
 
     def _refresh(self, proto: str, now: float) -> None:
-        fast = listening_tcp_ports() if proto == "tcp" and self.proc == "/proc" else None
-        ports: set[int] = fast if fast is not None else set()
-        for name in (proto, f"{proto}6") if fast is None else ():
-            try:
-                with open(f"{self.proc}/net/{name}", encoding="ascii") as handle:
-                    ports |= parse_socket_ports(handle.read(), TCP_LISTEN if proto == "tcp" else None)
-            except OSError:
-                continue
+        ports = read_ports(proto, self.proc, TCP_LISTEN if proto == "tcp" else None)
         cost = time.monotonic() - now
         self._ports[proto] = ports
         self._read_at[proto] = now

@@ -1,6 +1,6 @@
 """Packet parsing and scan classification: pure functions over header bytes.
 
-The raw-socket capture (:mod:`sensor.capture`) hands us IPv4 packets with their
+The raw-socket capture (:mod:`sensor.raw.capture`) hands us IPv4 packets with their
 header (RFC 791) and, for IPv6, the transport header alone (RFC 3542: an
 AF_INET6 raw socket never returns the IPv6 header); :func:`parse_ipv6` also
 walks a full IPv6 header chain (RFC 8200) for tests and other backends.
@@ -10,7 +10,7 @@ never raise anything else (a hypothesis test holds us to that).
 
 Classification: a segment with ACK belongs to a connection and one with RST
 answers something we sent, so neither is a scan probe (the kernel filter in
-:mod:`sensor.bpf` drops both).  SYN is ``syn`` (ECN bits allowed: an
+:mod:`sensor.raw.bpf` drops both).  SYN is ``syn`` (ECN bits allowed: an
 ECN-setup SYN is still a SYN), FIN ``fin``, no flags at all ``null``,
 FIN+PSH+URG ``xmas``; any other combination is ``unknown`` with its flags
 listed; every UDP datagram is ``udp``.
