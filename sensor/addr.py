@@ -19,3 +19,20 @@ def canonical(address: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return str(ip)
+
+
+def canonical_or_none(text: str, host_prefix: bool = False) -> str | None:
+    """:func:`canonical` of *text* (surrounding white space ignored), or None if it is not an address.
+
+    With *host_prefix*, a ``/32`` or ``/128`` suffix (one host written as a network, as
+    firewall rules and hosts.deny do) is accepted and dropped.
+    """
+    item = text.strip()
+    if host_prefix:
+        for suffix in ("/32", "/128"):
+            if item.endswith(suffix):
+                item = item[: -len(suffix)]
+    try:
+        return canonical(item)
+    except ValueError:
+        return None

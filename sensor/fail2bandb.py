@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import configparser
 import glob
-import ipaddress
 import os
 import sqlite3
 import urllib.parse
 from dataclasses import dataclass, field
+
+from sensor.addr import canonical_or_none
 
 DEFAULT_JAIL = "portsentry"
 FAIL2BAN_CONF = "/etc/fail2ban"
@@ -91,8 +92,5 @@ def read_bans(database: str, jail: str = DEFAULT_JAIL) -> Bans:
 
 
 def normalize(address: str) -> str | None:
-    """The address as the sensor writes it (Python's ipaddress form), or None if it is not one."""
-    try:
-        return str(ipaddress.ip_address(address.strip()))
-    except ValueError:
-        return None
+    """The address as the sensor writes it (:func:`sensor.addr.canonical_or_none`), or None if it is not one."""
+    return canonical_or_none(address)

@@ -16,12 +16,13 @@ touch.  :mod:`sensor.migration.banplan` does the I/O.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from sensor.addr import canonical_or_none
 
 RECORD_MODES = ("tcp", "udp", "stcp", "sudp", "atcp", "audp")
 REJECT_ROUTE_TYPES = ("unreachable", "prohibit", "blackhole")
@@ -35,15 +36,8 @@ _RECORD = re.compile(
 
 
 def canonical(text: str) -> str | None:
-    """An address in canonical form (``/32``/``/128`` allowed), or None."""
-    item = text.strip()
-    for suffix in ("/32", "/128"):
-        if item.endswith(suffix):
-            item = item[: -len(suffix)]
-    try:
-        return str(ipaddress.ip_address(item))
-    except ValueError:
-        return None
+    """An address in canonical form (``/32``/``/128`` allowed), or None (:mod:`sensor.addr`)."""
+    return canonical_or_none(text, host_prefix=True)
 
 
 @dataclass(frozen=True)
