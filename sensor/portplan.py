@@ -10,12 +10,12 @@ port a real service listens on (the caller reads those with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sensor.config import Config
 
 
-@dataclass(frozen=True)
-class Skip:
+class Skip(NamedTuple):
     """A port the plan does not watch, and why."""
 
     proto: str
