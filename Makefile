@@ -6,7 +6,7 @@ test:            ## the whole suite (as root: e2e and package tests need it)
 
 unit:            ## unit, filter and lint tests only (no root needed)
 	tools/setup-env
-	.venv/bin/python -m pytest tests/unit tests/filter tests/test_lint.py
+	.venv/bin/python -m pytest tests/unit tests/fail2ban tests/test_lint.py
 
 deb:             ## dist/portsentry-sensor_<version>_all.deb
 	tools/build-deb

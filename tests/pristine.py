@@ -9,7 +9,7 @@ or removed (md5 different from ``dpkg-query``'s record) from the package's own
 .deb instead (apt's cache, else ``apt-get download`` of the installed version).
 :func:`copy_package_files` does the same for any package, and for a debootstrapped root.
 
-Used by tests/filter/conftest.py, tests/e2e/f2b.py and tools/demo.
+Used by tests/fail2ban/conftest.py, tests/e2e/f2b.py and tools/demo.
 """
 
 from __future__ import annotations

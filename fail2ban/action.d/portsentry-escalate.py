@@ -42,7 +42,7 @@
 # test_repeat_offender_is_banned_for_good_across_restarts_and_unbanip_lifts_it
 # ([bookworm]: 1.0.2, [trixie]: 1.1.0; 2 s, 6 s, permanent, restored after
 # `systemctl restart fail2ban`, lifted by unbanip), and by
-# tests/filter/test_escalate_action.py on the host (1.0.2, Python 3.11) and
+# tests/fail2ban/test_escalate_action.py on the host (1.0.2, Python 3.11) and
 # inside the trixie root by tests/package/test_package_pytest.py (1.1.0, 3.13).
 #
 # Uses fail2ban's Python action API (ActionBase), the observer queue and the

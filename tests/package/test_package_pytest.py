@@ -1,7 +1,7 @@
 """The unit and filter tests under Debian 13's own Python 3.13, pytest and fail2ban 1.1.0.
 
 Issue 10: the host (Debian 12) runs the suite under Python 3.11 from a venv
-with PyPI's test tools; this test runs tests/unit and tests/filter again in a
+with PyPI's test tools; this test runs tests/unit and tests/fail2ban again in a
 fresh trixie root (debootstrap, from the cache) with nothing but Debian's
 packages: python3 (3.13), python3-pytest, python3-pytest-timeout,
 python3-hypothesis, and the sensor's runtime Depends (python3-systemd,
@@ -11,7 +11,7 @@ The .debs come from the cached root (no network: apt installs offline), and
 pytest runs chrooted in a network namespace of its own with only loopback.
 
 What is copied: sensor/, fail2ban/, etc/, tests/conftest.py, tests/roots,
-tests/unit, tests/filter and setup.cfg (markers, timeout).  What does not run
+tests/unit, tests/fail2ban and setup.cfg (markers, timeout).  What does not run
 there, and why (NOT_RUN):
 - tests/test_lint.py: ruff and mypy come from PyPI (requirements-test.txt),
   Debian's versions differ; lint is a property of the source, not of the
@@ -43,7 +43,7 @@ TOOLS = ("python3-pytest", "python3-pytest-timeout", "python3-hypothesis", "pyth
          "fail2ban")
 COPIED = ("sensor", "fail2ban", "etc", "catalog", "packaging/debian/portsentry-sensor.service", "tests/conftest.py",
           "tests/ci.py", "tests/pristine.py", "tests/journalfile.py", "tests/roots",
-          "tests/unit", "tests/filter", "setup.cfg")
+          "tests/unit", "tests/fail2ban", "setup.cfg")
 NOT_RUN = {
     "tests/unit/test_report_chromium.py": "chromium (a browser) is not installed in the root; the host runs it",
     "tests/unit/test_catalog.py": "unshare -m cannot change mount propagation inside a chroot; the host runs it",
@@ -86,7 +86,7 @@ def pytest_run(debian_root: DebianRoot) -> Iterator[subprocess.CompletedProcess[
         yield run(["ip", "netns", "exec", NETNS, "chroot", str(root.path), "/bin/sh", "-c",
                    "cd /src && python3 -m pytest -p no:cacheprovider -q -rfEs -m 'not e2e' "
                    "--ignore tests/unit/test_report_chromium.py --ignore tests/unit/test_catalog.py "
-                   "tests/unit tests/filter 2>&1"],
+                   "tests/unit tests/fail2ban 2>&1"],
                   check=False, timeout=900)
     finally:
         subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, check=False)

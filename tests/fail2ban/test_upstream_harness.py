@@ -2,11 +2,11 @@
 
 ``fail2ban-testcases``' test case ``testSampleRegexsPORTSENTRY-SENSOR`` (fail2ban's
 samplestestcase.py) is what fail2ban's maintainers run on every filter; see
-tests/filter/f2b_harness.py for how it runs on our files without touching /etc/fail2ban
+tests/fail2ban/f2b_harness.py for how it runs on our files without touching /etc/fail2ban
 or the installed package.  Issue 17: the sample file's private "modes" key made it fail.
 
 On Debian 13's fail2ban 1.1.0 this module runs inside a trixie root
-(tests/package/test_package_pytest.py runs tests/filter there).
+(tests/package/test_package_pytest.py runs tests/fail2ban there).
 """
 
 from __future__ import annotations

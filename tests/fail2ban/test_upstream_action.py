@@ -1,12 +1,12 @@
 """The escalation action under fail2ban's own action test utilities (issue 17, item 3).
 
-tests/filter/f2b_action_contract.py drives fail2ban/action.d/portsentry-escalate.py the
+tests/fail2ban/f2b_action_contract.py drives fail2ban/action.d/portsentry-escalate.py the
 way fail2ban's tests/actionstestcase.py drives Python actions: loaded by fail2ban's
 loader (ActionBase check), init options, the actions thread's start/stop, ban/unban
 with the aInfo fail2ban builds and fail2ban's observer recording the ban, and the jail
 reload protocol.  It runs in its own process (fail2ban's initTests changes time zone and
 clock process-wide), under the system python3.  On Debian 13's fail2ban 1.1.0 it runs inside a trixie
-root (tests/package/test_package_pytest.py runs tests/filter there).
+root (tests/package/test_package_pytest.py runs tests/fail2ban there).
 """
 
 from __future__ import annotations

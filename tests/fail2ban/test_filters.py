@@ -1,7 +1,7 @@
 """Every filter of the jail pack against its annotated sample log, through fail2ban-regex.
 
-tests/filter/samples/<filter> is in fail2ban's own sample format (the one its
-samplestestcase.py reads, see tests/filter/f2b_harness.py): ``# filterOptions: [...]``
+tests/fail2ban/samples/<filter> is in fail2ban's own sample format (the one its
+samplestestcase.py reads, see tests/fail2ban/f2b_harness.py): ``# filterOptions: [...]``
 sections, each log line preceded by ``# failJSON: {"match": ..., "host": ..., "time": ...}``.
 test_upstream_harness.py runs fail2ban's harness on the same file; here fail2ban-regex,
 which exits 0 even when nothing matched (DESIGN.md section 5), so we check, line by line,

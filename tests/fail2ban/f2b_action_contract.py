@@ -6,7 +6,7 @@ utilities: DummyJail (fail2ban.tests.dummyjail), LogCaptureTestCase and initTest
 action loader and its ActionBase check, init options, the actions thread's start/stop,
 ban/unban with the aInfo fail2ban builds, and the reload protocol.
 
-Run by tests/filter/test_upstream_harness.py in its own process (initTests changes the
+Run by tests/fail2ban/test_upstream_harness.py in its own process (initTests changes the
 time zone, time.sleep and fail2ban's clock for the whole process), under the system
 python3 of a Debian root:  python3 f2b_action_contract.py ACTION_FILE
 """
