@@ -1,8 +1,4 @@
-"""Shared test settings: paths into the repository."""
+"""The rootdir's conftest: pytest puts tests/ on sys.path, so helpers import as top-level modules.
 
-from __future__ import annotations
-
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
-ROOTS = REPO / "tests" / "roots"
+Shared paths live in tests/repopaths.py.
+"""

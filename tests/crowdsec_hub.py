@@ -19,7 +19,8 @@ import json
 import shutil
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from repopaths import REPO
+
 PACK = REPO / "crowdsec"
 CASES = sorted(p.name for p in (PACK / "hubtest").iterdir() if p.is_dir())
 # Hub item: (index kind, name, path in the hub, stage, file of crowdsec/)

@@ -21,7 +21,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-ETC = Path("/etc/fail2ban")
+from repopaths import FAIL2BAN_ETC
+
+ETC = FAIL2BAN_ETC
 DEB_CACHE = Path("/var/cache/portsentry-sensor-tests")
 
 

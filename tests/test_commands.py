@@ -21,8 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from repopaths import REPO
 
 # Functions that take a command as an argument list (ours and subprocess's).
 RUNNERS = {"run", "Popen", "check_output", "check_call", "call", "run_in", "run_victim", "run_attacker",

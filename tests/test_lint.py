@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from ci import skip_or_fail
+from repopaths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 

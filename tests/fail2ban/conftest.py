@@ -8,10 +8,8 @@ from pathlib import Path
 import pytest
 from ci import skip_or_fail
 from pristine import copy_pristine
-
-ROOT = Path(__file__).resolve().parents[2]
-PACK = ROOT / "fail2ban"
-SYSTEM_CONF = Path("/etc/fail2ban")
+from repopaths import FAIL2BAN_ETC as SYSTEM_CONF
+from repopaths import PACK
 
 
 @pytest.fixture(scope="session")

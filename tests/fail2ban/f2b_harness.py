@@ -30,10 +30,11 @@ from types import ModuleType
 
 from pristine import NotPristine, copy_pristine, on_host
 from pristine import _query as pristine_query
+from repopaths import FAIL2BAN_ETC
 
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root",
        "PYTHONDONTWRITEBYTECODE": "1"}
-ETC = "/etc/fail2ban"
+ETC = str(FAIL2BAN_ETC)
 
 
 # samplestestcase.py's own pattern for its annotations (fail2ban 1.0.2 and 1.1.0).

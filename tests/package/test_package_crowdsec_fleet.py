@@ -48,7 +48,8 @@ pytestmark = pytest.mark.package
 MODULE = "tests/e2e/test_crowdsec.py"
 # What runs in the root: the sensor, the pack, and the e2e lab with the fleet test module.
 COPIED = ("sensor", "crowdsec", "tools/icmp-echo", "setup.cfg", "tests/conftest.py", "tests/ci.py",
-          "tests/pristine.py", "tests/e2e/conftest.py", "tests/e2e/lab.py", "tests/e2e/crowdsec.py", MODULE)
+          "tests/pristine.py", "tests/repopaths.py", "tests/e2e/conftest.py", "tests/e2e/lab.py",
+          "tests/e2e/crowdsec.py", MODULE)
 # Installed from the cached .debs: the lab's tools (tests/e2e/lab.py TOOLS), the sensor's
 # runtime Depends, pytest, and systemd for journald.
 PACKAGES = (*E2E_LAB, "crowdsec", "nftables", "fail2ban", "systemd", "python3-systemd", "python3-watchdog",

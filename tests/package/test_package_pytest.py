@@ -42,7 +42,7 @@ TOOLS = ("python3-pytest", "python3-pytest-timeout", "python3-hypothesis", "pyth
          "python3-watchdog", "python3-jinja2", "python3-nftables", "python3-pygal", "systemd-journal-remote",
          "fail2ban")
 COPIED = ("sensor", "fail2ban", "etc", "catalog", "packaging/debian/portsentry-sensor.service", "tests/conftest.py",
-          "tests/ci.py", "tests/pristine.py", "tests/journalfile.py", "tests/roots",
+          "tests/ci.py", "tests/pristine.py", "tests/repopaths.py", "tests/journalfile.py", "tests/roots",
           "tests/unit", "tests/fail2ban", "setup.cfg")
 NOT_RUN = {
     "tests/unit/test_report_chromium.py": "chromium (a browser) is not installed in the root; the host runs it",

@@ -26,7 +26,7 @@ from sensor.raw.packet import ACK, FIN, PSH, RST, SYN, URG
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
-REPO = Path(__file__).resolve().parents[2]
+from repopaths import REPO
 
 
 def v4_tcp(dport: int, flags: int, dst: bytes = bytes([192, 0, 2, 1]), options: bytes = b"") -> bytes:

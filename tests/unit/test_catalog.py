@@ -17,10 +17,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from journalfile import write_journal
+from repopaths import REPO
 
 from sensor.alert import MESSAGE_ID, Alert, format_alert
 
-REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "catalog" / "portsentry-sensor.catalog"
 HOST_DB = Path("/var/lib/systemd/catalog/database")
 

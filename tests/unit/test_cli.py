@@ -7,14 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from repopaths import REPO
 
 from sensor import __version__
 from sensor.check import render_plan
 from sensor.cli import main
 from sensor.config import load_config
 from sensor.portplan import build_plan
-
-REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def test_check_bad_port_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from repopaths import REPO, ROOTS
 
 from sensor.config import Config, ConfigError, load_config, parse_text
-
-ROOTS = Path(__file__).resolve().parent.parent / "roots"
-REPO = ROOTS.parent.parent
 
 
 def write(tmp_path: Path, text: str, name: str = "portsentry.conf") -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from repopaths import ROOTS
 
 from sensor.ignore import (
     IgnoreFileError,
@@ -19,8 +20,6 @@ from sensor.ignore import (
     parse_ignore,
     read_ignore_file,
 )
-
-ROOTS = Path(__file__).resolve().parent.parent / "roots"
 
 FIB_TRIE = """Main:
   +-- 0.0.0.0/0 3 0 5

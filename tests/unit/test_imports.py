@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from repopaths import REPO
 
 
 def module_name(root: Path, path: Path) -> str:

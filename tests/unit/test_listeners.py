@@ -122,7 +122,7 @@ def test_loopback_traffic_is_served_but_never_reported() -> None:
 
 # --- from the fault tests (issue 7): fd limits and busy dual-stack ports ---------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
+from repopaths import REPO  # noqa: E402
 
 UNDER_LIMIT = """
 import asyncio, os, resource, socket

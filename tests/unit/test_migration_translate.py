@@ -6,11 +6,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from repopaths import ROOTS
 
 from sensor.config import ConfigError, load_config
 from sensor.migration.translate import Imported, classify_lines, import_config, merge_ignore
-
-ROOTS = Path(__file__).resolve().parent.parent / "roots"
 
 
 def _read(path: Path) -> str | None:
