@@ -29,6 +29,9 @@ _HELP = {
     "packets_total": ("counter", "Packets the raw-socket capture read."),
     "kernel_drops_total": ("counter", "Packets the kernel dropped on the capture's full receive queues."),
     "watched_ports": ("gauge", "Ports watched, by protocol and mode (bound: tcp/udp; raw: stcp/atcp/sudp/audp)."),
+    "flood_suppressed_total": ("counter", "Sources the flood guard kept from alerting (sensor/flood.py)."),
+    "flood_episodes_total": ("counter", "Floods of new unverified sources (FLOOD_SOURCES a second) since start."),
+    "flood_active": ("gauge", "1 while a flood of new unverified sources lasts, else 0."),
     "reloads_total": ("counter", "Configuration reloads (SIGHUP) since start."),
     "start_time_seconds": ("gauge", "When the sensor started, seconds since the epoch."),
 }
@@ -76,6 +79,10 @@ class Metrics:
             if raw_mode:
                 samples["watched_ports"].append(f"{_labels(proto=proto, mode=raw_mode)} "
                                                 f"{len(daemon.plan.raw_ports(proto))}")
+        flood = daemon.detector.flood
+        samples["flood_suppressed_total"].append(f" {flood.suppressed_since_start}")
+        samples["flood_episodes_total"].append(f" {flood.floods}")
+        samples["flood_active"].append(f" {int(flood.active)}")
         samples["reloads_total"].append(f" {daemon.reloads}")
         samples["start_time_seconds"].append(f" {self.start_time:.3f}")
         lines: list[str] = []
