@@ -3,9 +3,12 @@
 Every ``INTERVAL`` seconds the daemon's tick calls :meth:`Metrics.tick`, which writes
 ``portsentry_sensor.prom`` into METRICS_DIR atomically (a temporary name that the
 collector ignores, then rename).  METRICS_DIR="auto" (the shipped etc/portsentry.conf)
-means Debian's prometheus-node-exporter directory when it exists and the sensor may
-write there, else no file; "" (the default when the key is absent) turns it off; a
-path is used as given, and a failure to write there is said once in the journal.
+means PACKAGED_DIR when it exists and the sensor may write there (the packaged unit's
+StateDirectory=; the package links the file into node-exporter's directory, see
+packaging/debian/portsentry-sensor.postinst), else Debian's prometheus-node-exporter
+directory on the same condition, else no file; "" (the default when the key is absent)
+turns it off; a path is used as given, and a failure to write there is said once in the
+journal.
 Names follow Prometheus conventions: ``portsentry_sensor_*``, counters end in ``_total``.
 """
 
@@ -20,6 +23,7 @@ from typing import Any
 from sensor.alert import PRIORITY_WARNING, Alert
 
 NODE_EXPORTER_DIR = "/var/lib/prometheus/node-exporter"
+PACKAGED_DIR = "/var/lib/portsentry-sensor/metrics"
 FILENAME = "portsentry_sensor.prom"
 INTERVAL = 5.0
 
@@ -40,8 +44,10 @@ _HELP = {
 def resolve_dir(setting: str) -> str:
     """The directory to write to, or '' for none."""
     if setting == "auto":
-        usable = os.path.isdir(NODE_EXPORTER_DIR) and os.access(NODE_EXPORTER_DIR, os.W_OK | os.X_OK)
-        return NODE_EXPORTER_DIR if usable else ""
+        for directory in (PACKAGED_DIR, NODE_EXPORTER_DIR):
+            if os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK):
+                return directory
+        return ""
     return setting
 
 

@@ -51,7 +51,10 @@ PYTEST = ("python3-pytest", "python3-pytest-timeout", "python3-hypothesis", "pyt
           "systemd-journal-remote")
 # CrowdSec, for the portsentry-sensor-crowdsec package (test_package_crowdsec.py).
 CROWDSEC = ("crowdsec",)
-EXTRA = {"bookworm": AUTOPKGTEST + CROWDSEC, "trixie": AUTOPKGTEST + CROWDSEC + PYTEST + ("lintian",)}
+# Debian's node exporter, reading the packaged sensor's metrics (test_package_visibility.py).
+NODE_EXPORTER = ("prometheus-node-exporter",)
+EXTRA = {"bookworm": AUTOPKGTEST + CROWDSEC + NODE_EXPORTER,
+         "trixie": AUTOPKGTEST + CROWDSEC + NODE_EXPORTER + PYTEST + ("lintian",)}
 POLICY_RC_D = "#!/bin/sh\n# package tests: never start services in this root\nexit 101\n"
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root",
        "DEBIAN_FRONTEND": "noninteractive"}

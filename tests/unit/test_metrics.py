@@ -111,6 +111,7 @@ def test_unwritable_directory_is_said_once(tmp_path: Path) -> None:
 def test_off_and_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert metrics.resolve_dir("") == ""
     monkeypatch.setattr(metrics, "NODE_EXPORTER_DIR", str(tmp_path / "node-exporter"))
+    monkeypatch.setattr(metrics, "PACKAGED_DIR", str(tmp_path / "state" / "metrics"))
     assert metrics.resolve_dir("auto") == ""
     (tmp_path / "node-exporter").mkdir()
     assert metrics.resolve_dir("auto") == str(tmp_path / "node-exporter")
@@ -126,3 +127,13 @@ def test_metrics_dir_key(tmp_path: Path) -> None:
         build_config(settings, "x.conf", [])
     ok, _ = parse_text(f'METRICS_DIR="{tmp_path}"\n', "x.conf")
     assert build_config(ok, "x.conf", []).metrics_dir == str(tmp_path)
+
+
+def test_auto_prefers_the_packaged_units_state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the packaged unit (StateDirectory=portsentry-sensor/metrics) auto writes there: the package
+    links the file into node-exporter's directory, which the sandboxed sensor cannot write."""
+    monkeypatch.setattr(metrics, "NODE_EXPORTER_DIR", str(tmp_path / "node-exporter"))
+    monkeypatch.setattr(metrics, "PACKAGED_DIR", str(tmp_path / "state" / "metrics"))
+    (tmp_path / "node-exporter").mkdir()
+    (tmp_path / "state" / "metrics").mkdir(parents=True)
+    assert metrics.resolve_dir("auto") == str(tmp_path / "state" / "metrics")
