@@ -16,16 +16,16 @@ root:
 from __future__ import annotations
 
 import pytest
-from test_package_systemd import (  # noqa: F401  (booted: the fixture, reused)
-    ATTACKER_IP,
-    VICTIM_IP,
-    Booted,
-    booted,
-    test_unit_security_exposure_is_at_most_2_under_the_suites_systemd,
-    wait_for,
-)
+import test_package_systemd as systemd_story
+from test_package_systemd import ATTACKER_IP, VICTIM_IP, Booted, wait_for
 
 pytestmark = pytest.mark.package
+
+# The boot fixture (module scope: this module boots its own root per suite), and the exposure
+# check run again here, on the unit that now writes metrics.
+booted = systemd_story.booted
+test_unit_security_exposure_is_at_most_2_under_the_suites_systemd = \
+    systemd_story.test_unit_security_exposure_is_at_most_2_under_the_suites_systemd
 
 ALERT_ID = "6f0b7d8e3c2a4f1b9d5e8a7c4b3f2e1d"   # sensor/alert.py MESSAGE_ID
 METRICS_FILE = "/var/lib/portsentry-sensor/metrics/portsentry_sensor.prom"
