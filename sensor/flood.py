@@ -76,7 +76,8 @@ class FloodGuard:
         self.last_over = 0.0
         self.last_report = 0.0
         self.pending: list[str] = []
-        self.floods = 0
+        self.floods = 0                 # flood episodes since start
+        self.suppressed_since_start = 0  # the totals below restart with each flood; this does not
         self._reset_interval()
         self._reset_totals()
 
@@ -137,6 +138,7 @@ class FloodGuard:
         """Count a source that would have alerted without the guard."""
         self.suppressed += 1
         self.total_suppressed += 1
+        self.suppressed_since_start += 1
 
     def _start(self, now: float) -> None:
         self.active = True

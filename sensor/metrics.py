@@ -3,9 +3,12 @@
 Every ``INTERVAL`` seconds the daemon's tick calls :meth:`Metrics.tick`, which writes
 ``portsentry_sensor.prom`` into METRICS_DIR atomically (a temporary name that the
 collector ignores, then rename).  METRICS_DIR="auto" (the shipped etc/portsentry.conf)
-means Debian's prometheus-node-exporter directory when it exists and the sensor may
-write there, else no file; "" (the default when the key is absent) turns it off; a
-path is used as given, and a failure to write there is said once in the journal.
+means PACKAGED_DIR when it exists and the sensor may write there (the packaged unit's
+StateDirectory=; the package links the file into node-exporter's directory, see
+packaging/debian/portsentry-sensor.postinst), else Debian's prometheus-node-exporter
+directory on the same condition, else no file; "" (the default when the key is absent)
+turns it off; a path is used as given, and a failure to write there is said once in the
+journal.
 Names follow Prometheus conventions: ``portsentry_sensor_*``, counters end in ``_total``.
 """
 
@@ -21,6 +24,7 @@ from sensor.alert import PRIORITY_WARNING, Alert
 from sensor.atomicfile import write_atomic
 
 NODE_EXPORTER_DIR = "/var/lib/prometheus/node-exporter"
+PACKAGED_DIR = "/var/lib/portsentry-sensor/metrics"
 FILENAME = "portsentry_sensor.prom"
 INTERVAL = 5.0
 
@@ -30,6 +34,9 @@ _HELP = {
     "packets_total": ("counter", "Packets the raw-socket capture read."),
     "kernel_drops_total": ("counter", "Packets the kernel dropped on the capture's full receive queues."),
     "watched_ports": ("gauge", "Ports watched, by protocol and mode (bound: tcp/udp; raw: stcp/atcp/sudp/audp)."),
+    "flood_suppressed_total": ("counter", "Sources the flood guard kept from alerting (sensor/flood.py)."),
+    "flood_episodes_total": ("counter", "Floods of new unverified sources (FLOOD_SOURCES a second) since start."),
+    "flood_active": ("gauge", "1 while a flood of new unverified sources lasts, else 0."),
     "reloads_total": ("counter", "Configuration reloads (SIGHUP) since start."),
     "start_time_seconds": ("gauge", "When the sensor started, seconds since the epoch."),
 }
@@ -38,8 +45,10 @@ _HELP = {
 def resolve_dir(setting: str) -> str:
     """The directory to write to, or '' for none."""
     if setting == "auto":
-        usable = os.path.isdir(NODE_EXPORTER_DIR) and os.access(NODE_EXPORTER_DIR, os.W_OK | os.X_OK)
-        return NODE_EXPORTER_DIR if usable else ""
+        for directory in (PACKAGED_DIR, NODE_EXPORTER_DIR):
+            if os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK):
+                return directory
+        return ""
     return setting
 
 
@@ -77,6 +86,10 @@ class Metrics:
             if raw_mode:
                 samples["watched_ports"].append(f"{_labels(proto=proto, mode=raw_mode)} "
                                                 f"{len(daemon.plan.raw_ports(proto))}")
+        flood = daemon.detector.flood
+        samples["flood_suppressed_total"].append(f" {flood.suppressed_since_start}")
+        samples["flood_episodes_total"].append(f" {flood.floods}")
+        samples["flood_active"].append(f" {int(flood.active)}")
         samples["reloads_total"].append(f" {daemon.reloads}")
         samples["start_time_seconds"].append(f" {self.start_time:.3f}")
         lines: list[str] = []

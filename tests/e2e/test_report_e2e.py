@@ -170,3 +170,7 @@ def test_metrics_pass_the_node_exporter(stack: Stack) -> None:
     assert "# TYPE portsentry_sensor_alerts_total counter" in lines
     assert any(line.startswith('portsentry_sensor_watched_ports{mode="tcp",proto="tcp"} 4') for line in lines), lines
     assert any(line.startswith("portsentry_sensor_start_time_seconds ") for line in lines)
+    # the flood guard's counters (sensor/flood.py) pass the exporter's parser too
+    assert "# TYPE portsentry_sensor_flood_suppressed_total counter" in lines
+    assert any(line.startswith("portsentry_sensor_flood_suppressed_total ") for line in lines), lines
+    assert any(line.startswith("portsentry_sensor_flood_active ") for line in lines), lines

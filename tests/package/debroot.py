@@ -51,10 +51,12 @@ PYTEST = ("python3-pytest", "python3-pytest-timeout", "python3-hypothesis", "pyt
           "systemd-journal-remote")
 # CrowdSec, for the portsentry-sensor-crowdsec package (test_package_crowdsec.py).
 CROWDSEC = ("crowdsec",)
+# Debian's node exporter, reading the packaged sensor's metrics (test_package_visibility.py).
+NODE_EXPORTER = ("prometheus-node-exporter",)
 # The e2e lab's tools (tests/e2e/lab.py TOOLS) besides those above, to run the CrowdSec fleet
 # test with trixie's crowdsec, bouncer, Python and journald (test_package_crowdsec_fleet.py).
-E2E_LAB = ("crowdsec-firewall-bouncer", "nmap", "iproute2", "iptables", "curl", "prometheus-node-exporter")
-EXTRA = {"bookworm": AUTOPKGTEST + CROWDSEC,
+E2E_LAB = ("crowdsec-firewall-bouncer", "nmap", "iproute2", "iptables", "curl", *NODE_EXPORTER)
+EXTRA = {"bookworm": AUTOPKGTEST + CROWDSEC + NODE_EXPORTER,
          "trixie": AUTOPKGTEST + CROWDSEC + PYTEST + ("lintian",) + E2E_LAB}
 POLICY_RC_D = "#!/bin/sh\n# package tests: never start services in this root\nexit 101\n"
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root",

@@ -12,6 +12,7 @@ import pytest
 from sensor import metrics
 from sensor.alert import Alert
 from sensor.config import ConfigError, parse_text
+from sensor.flood import FloodGuard
 from sensor.metrics import FILENAME, Metrics
 from sensor.portplan import PortPlan
 
@@ -21,10 +22,16 @@ class FakeListeners:
         return [1, 79, 111] if proto == "tcp" else [7]
 
 
+class FakeDetector(list[int]):
+    def __init__(self) -> None:
+        super().__init__([1, 2])
+        self.flood = FloodGuard(budget=2, ports=5)
+
+
 def fake_daemon(directory: str, capture: Any = None) -> SimpleNamespace:
     said: list[str] = []
     return SimpleNamespace(
-        loaded=SimpleNamespace(config=SimpleNamespace(metrics_dir=directory)), detector=[1, 2],
+        loaded=SimpleNamespace(config=SimpleNamespace(metrics_dir=directory)), detector=FakeDetector(),
         capture=capture, listeners=FakeListeners(), reloads=3,
         plan=PortPlan(tcp_raw=frozenset(range(1000, 1100)), tcp_raw_mode="atcp"),
         admin=lambda text, priority=5: said.append(text), said=said)
@@ -58,6 +65,30 @@ def test_textfile_content(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [FILENAME]       # no temporary left behind
 
 
+def flood_lines(daemon: SimpleNamespace) -> list[str]:
+    text = Metrics().render(daemon)
+    return [line for line in text.splitlines() if line.startswith("portsentry_sensor_flood_")]
+
+
+def test_flood_suppression_counters_survive_the_next_flood(tmp_path: Path) -> None:
+    """Counters since start (the guard's own totals restart with each flood), and a gauge for a flood now."""
+    daemon = fake_daemon(str(tmp_path))
+    guard = daemon.detector.flood
+    assert flood_lines(daemon) == ["portsentry_sensor_flood_suppressed_total 0",
+                                   "portsentry_sensor_flood_episodes_total 0", "portsentry_sensor_flood_active 0"]
+    for start in (100.0, 200.0):                     # two floods, 3 suppressed sources in each
+        for n in range(3):
+            guard.new_source(f"198.51.100.{n}", 22, start)
+        for _ in range(3):
+            guard.suppress()
+        assert guard.active
+        assert "portsentry_sensor_flood_active 1" in flood_lines(daemon)
+        guard.tick(start + 10)                       # quiet: the flood ends
+    assert flood_lines(daemon) == ["portsentry_sensor_flood_suppressed_total 6",
+                                   "portsentry_sensor_flood_episodes_total 2", "portsentry_sensor_flood_active 0"]
+    assert "# TYPE portsentry_sensor_flood_suppressed_total counter" in Metrics().render(daemon)
+
+
 def test_written_every_interval_only(tmp_path: Path) -> None:
     m = Metrics()
     daemon = fake_daemon(str(tmp_path))
@@ -80,6 +111,7 @@ def test_unwritable_directory_is_said_once(tmp_path: Path) -> None:
 def test_off_and_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert metrics.resolve_dir("") == ""
     monkeypatch.setattr(metrics, "NODE_EXPORTER_DIR", str(tmp_path / "node-exporter"))
+    monkeypatch.setattr(metrics, "PACKAGED_DIR", str(tmp_path / "state" / "metrics"))
     assert metrics.resolve_dir("auto") == ""
     (tmp_path / "node-exporter").mkdir()
     assert metrics.resolve_dir("auto") == str(tmp_path / "node-exporter")
@@ -95,3 +127,13 @@ def test_metrics_dir_key(tmp_path: Path) -> None:
         build_config(settings, "x.conf", [])
     ok, _ = parse_text(f'METRICS_DIR="{tmp_path}"\n', "x.conf")
     assert build_config(ok, "x.conf", []).metrics_dir == str(tmp_path)
+
+
+def test_auto_prefers_the_packaged_units_state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the packaged unit (StateDirectory=portsentry-sensor/metrics) auto writes there: the package
+    links the file into node-exporter's directory, which the sandboxed sensor cannot write."""
+    monkeypatch.setattr(metrics, "NODE_EXPORTER_DIR", str(tmp_path / "node-exporter"))
+    monkeypatch.setattr(metrics, "PACKAGED_DIR", str(tmp_path / "state" / "metrics"))
+    (tmp_path / "node-exporter").mkdir()
+    (tmp_path / "state" / "metrics").mkdir(parents=True)
+    assert metrics.resolve_dir("auto") == str(tmp_path / "state" / "metrics")
