@@ -133,7 +133,9 @@ def detector_settings(config: Config) -> DetectorSettings:
                             summary_interval=float(config.summary_interval),
                             summary_max_lines=config.summary_max_lines,
                             max_sources=config.state_max_sources,
-                            flood_sources=config.flood_sources, flood_ports=config.flood_ports)
+                            flood_sources=config.flood_sources, flood_ports=config.flood_ports,
+                            ipv6_prefix=config.ipv6_prefix, ipv4_prefix=config.ipv4_prefix,
+                            prefix_addresses=config.prefix_addresses)
 
 
 def _ports(count: int) -> str:
@@ -162,6 +164,7 @@ class Sensor:
         chain = sinks_for("stderr" if stderr else self.loaded.config.log_target)
         self.emitter = Emitter(chain)
         self.detector = Detector(detector_settings(self.loaded.config))
+        self.detector.prefixes.ignore = lambda: self.loaded.ignore  # a prefix overlapping it is never alerted
         self.listeners = BoundListeners(self.on_probe, self.loaded.config.port_banner)
         self.capture: Any = None
         self.plan = PortPlan()
@@ -201,7 +204,8 @@ class Sensor:
         A name is a nicety, the alert is not: too many lookups at once, a failing lookup or
         the shutdown write the alert without one.
         """
-        if resolve and self.loaded.config.resolve_host and not alert.hostname and not self.resolver.busy():
+        if (resolve and self.loaded.config.resolve_host and not alert.hostname and not alert.net
+                and not self.resolver.busy()):
             lookup = self.resolver.start(alert.src)
             task = asyncio.get_running_loop().create_task(self._resolve_and_emit(alert, lookup))
             self.lookups.add(task)
