@@ -5,7 +5,8 @@ The attacker namespace holds 50 real addresses of 2001:db8:77::/64 (``ip addr ad
 of the 50 completes one TCP connection to one watched port of the sensor (bound
 ``tcp`` mode: ``verified=yes``).  The sensor writes at most 3 alert lines, one of
 them the prefix alert; a real fail2ban-server in the victim namespace with
-``banaction = portsentry-nft.py`` bans ``2001:db8:77::/64`` as one entry (the
+``banaction = portsentry-nft.py`` (and again with ``portsentry-nftables``, the stock
+shell action with prefix sets) bans ``2001:db8:77::/64`` as one entry (the
 interval set net6-set-portsentry in the victim's real nftables); the never-used
 address of that /64 is locked out, the neighbouring /64 is not; `status portsentry`
 lists the prefix; `unbanip 2001:db8:77::/64` lets the never-used address in again;
@@ -93,8 +94,12 @@ class Stack:
     f2b: Fail2Ban
 
 
-@pytest.fixture(scope="module")
-def stack(journald: Journal, sensor_user: tuple[str, int, int]) -> Iterator[Stack]:
+# Our in-process action and the stock shell action's variant with prefix sets (fail2ban/action.d/).
+BANACTIONS = ("portsentry-nft.py", "portsentry-nftables")
+
+
+@pytest.fixture(scope="module", params=BANACTIONS)
+def stack(request: pytest.FixtureRequest, journald: Journal, sensor_user: tuple[str, int, int]) -> Iterator[Stack]:
     with Lab("psprx") as lab:
         for addr in (*ROTATING, NEVER_SEEN, NEIGHBOUR, IGNORED, *ROTATING_IGNORED):
             lab.run_attacker(["ip", "addr", "add", f"{addr}/64", "dev", "eth0", "nodad"], check=True)
@@ -103,7 +108,7 @@ def stack(journald: Journal, sensor_user: tuple[str, int, int]) -> Iterator[Stac
         lab.serve_tcp(SERVICE_TCP)
         sensor = SensorProcess(lab, SENSOR_CONF, ignore_text=f"{IGNORED}\n", user=sensor_user).start()
         workdir = world_readable_dir("portsentry-f2b-")
-        f2b = Fail2Ban(lab, workdir, jail_local(sensor_user[1], sensor.pid, "banaction = portsentry-nft.py\n"))
+        f2b = Fail2Ban(lab, workdir, jail_local(sensor_user[1], sensor.pid, f"banaction = {request.param}\n"))
         try:
             f2b.start()
             yield Stack(lab, journald, sensor, f2b)
