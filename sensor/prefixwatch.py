@@ -35,9 +35,11 @@ a forged prefix costs the attacker as many ports as a forged address does.
 Outside a flood, forging two packets from two addresses of a /64 bans the /64
 (``mode = all``); ``mode = verified`` never bans it for forged packets.
 
-Memory: at most ``max_prefixes`` (STATE_MAX_SOURCES) windows that have not
-alerted and as many that have (two LRU tiers: fresh prefixes evict only the
-first tier, so a flood of them cannot push out a prefix being absorbed), each a
+Memory: three tiers of at most ``max_prefixes`` (STATE_MAX_SOURCES) entries
+each: prefixes seen from one address (address, time, port: about 250 bytes;
+under a forged flood every prefix is one of these, and only these are evicted by
+fresh prefixes), prefix windows that have not alerted, and alerted ones (so a
+flood cannot push out a prefix being absorbed).  A window is a
 :class:`sensor.detector.ScanWindow`-like port set (about 1 KB, 9 KB past 64
 ports) plus at most ADDRESS_CAP remembered addresses (about 100 bytes each):
 about 7.5 KB a window, at most 60 MB at the default 4096 (plus 8 KiB per window that
@@ -55,7 +57,7 @@ import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sensor.alert import Alert
 
@@ -108,11 +110,15 @@ class PrefixWindow:
 
     def add(self, probe: Probe) -> None:
         """Count the probe's address and port."""
-        if probe.src not in self.addrs:
+        self.count(probe.src, probe.dport)
+        self.last = probe
+
+    def count(self, src: str, port: int) -> None:
+        """Count an address and a port."""
+        if src not in self.addrs:
             self.address_count += 1
             if len(self.addrs) < ADDRESS_CAP:
-                self.addrs.add(probe.src)
-        port = probe.dport
+                self.addrs.add(src)
         if self.bitmap is None:
             if port not in self.ports:
                 self.ports.add(port)
@@ -125,7 +131,6 @@ class PrefixWindow:
         elif not self.bitmap[port >> 3] & (1 << (port & 7)):
             self.bitmap[port >> 3] |= 1 << (port & 7)
             self.port_count += 1
-        self.last = probe
 
 
 class IgnoreRanges:
@@ -157,13 +162,7 @@ class IgnoreRanges:
         return i >= 0 and ends[i] >= low
 
 
-def network_of(src: str, settings: PrefixSettings) -> Network | None:
-    """The configured prefix of an address, or None when its family is keyed per address."""
-    six = ":" in src
-    length = settings.length(six)
-    if length is None:
-        return None
-    return ipaddress.ip_network((src, length), strict=False)
+Key = tuple[int, bool, str, bool]   # (prefix bits, IPv6, protocol, verified)
 
 
 class FloodPolicy(Protocol):
@@ -178,10 +177,14 @@ class PrefixWatch:
 
     def __init__(self, settings: PrefixSettings | None = None) -> None:
         self.settings = settings or PrefixSettings()
-        # Two LRU tiers, each at most max_prefixes: a flood of fresh prefixes only
-        # evicts prefixes that have not alerted, never one that is being absorbed.
-        self.windows: OrderedDict[tuple[str, str, bool], PrefixWindow] = OrderedDict()
-        self.alerted: OrderedDict[tuple[str, str, bool], PrefixWindow] = OrderedDict()
+        # A prefix seen from one address only is just (address, first seen, port) in
+        # ``first`` (cheap: that is every prefix of a forged flood); its second address
+        # makes it a window.  Each tier holds at most max_prefixes, oldest out first; a
+        # flood of fresh prefixes only evicts ``first`` entries, never a window, and
+        # windows never evict alerted prefixes that are being absorbed.
+        self.first: OrderedDict[Key, tuple[str, float, int]] = OrderedDict()
+        self.windows: OrderedDict[Key, PrefixWindow] = OrderedDict()
+        self.alerted: OrderedDict[Key, PrefixWindow] = OrderedDict()
         self.evicted = 0
         self.vetoed = 0          # prefixes not alerted because they overlap the ignore list
         # The current ignore list (an object with ``networks``); the daemon sets a getter.
@@ -204,24 +207,37 @@ class PrefixWatch:
         account it per address.  ``addresses to forget``: the per-address windows
         the new prefix alert replaces (dropped without their summaries).
         """
-        net = network_of(probe.src, self.settings)
-        if net is None:
+        six = ":" in probe.src
+        length = self.settings.length(six)
+        if length is None:
             return False, [], set()
-        key = (str(net), probe.proto, probe.verified)
+        bits = int(ipaddress.ip_address(probe.src)) >> ((128 if six else 32) - length)
+        key: Key = (bits, six, probe.proto, probe.verified)
         alerts: list[Alert] = []
         window = self.alerted.get(key) or self.windows.get(key)
         if window is not None and now - window.started >= self.settings.scan_window:
             alerts += self._close(key, window, now)
             window = None
         if window is None:
-            window = PrefixWindow(net=str(net), started=now)
+            seen = self.first.get(key)
+            if seen is not None and now - seen[1] >= self.settings.scan_window:
+                del self.first[key]
+                seen = None
+            if seen is None:
+                self._insert(self.first, key, (probe.src, now, probe.dport))
+                return False, alerts, set()
+            if seen[0] == probe.src:
+                return False, alerts, set()
+            del self.first[key]           # a second address: the prefix gets a window
+            window = PrefixWindow(net=str(self._network(key, length)), started=seen[1])
+            window.count(seen[0], seen[2])
             self._insert(self.windows, key, window)
         elif not window.alerted:
             self.windows.move_to_end(key)
         window.add(probe)
         if window.alerted:
             return True, alerts, set()
-        if not self._due(window, probe, now, flood, net):
+        if not self._due(window, probe, now, flood, self._network(key, length)):
             return False, alerts, set()
         window.alerted = True
         del self.windows[key]
@@ -230,9 +246,15 @@ class PrefixWatch:
         alerts.append(self._render(alert(probe, window.port_count), window))
         return True, alerts, set(window.addrs)
 
-    def _insert(self, table: OrderedDict[tuple[str, str, bool], PrefixWindow],
-                key: tuple[str, str, bool], window: PrefixWindow) -> None:
-        table[key] = window
+    @staticmethod
+    def _network(key: Key, length: int) -> Network:
+        bits, six = key[0], key[1]
+        if six:
+            return ipaddress.IPv6Network((bits << (128 - length), length))
+        return ipaddress.IPv4Network((bits << (32 - length), length))
+
+    def _insert(self, table: OrderedDict[Key, Any], key: Key, value: object) -> None:
+        table[key] = value
         while len(table) > self.settings.max_prefixes:
             table.popitem(last=False)
             self.evicted += 1
@@ -261,7 +283,7 @@ class PrefixWatch:
                      mode=base.mode, verified=base.verified, count=window.port_count, summary=summary,
                      window=seconds, flags=base.flags, net=window.net, addresses=window.address_count)
 
-    def _close(self, key: tuple[str, str, bool], window: PrefixWindow, now: float) -> list[Alert]:
+    def _close(self, key: Key, window: PrefixWindow, now: float) -> list[Alert]:
         (self.alerted if window.alerted else self.windows).pop(key, None)
         last = window.last
         if (not window.alerted or last is None or self.settings.summary_max_lines < 1
@@ -275,6 +297,11 @@ class PrefixWatch:
     def flush(self, now: float) -> list[Alert]:
         """Close expired windows: the alerted ones write their one closing summary."""
         alerts: list[Alert] = []
+        while self.first:   # oldest first: entries are never moved
+            key, (_, started, _) = next(iter(self.first.items()))
+            if now - started < self.settings.scan_window:
+                break
+            del self.first[key]
         for table in (self.alerted, self.windows):
             for key, window in list(table.items()):
                 if now - window.started >= self.settings.scan_window:
@@ -282,4 +309,4 @@ class PrefixWatch:
         return alerts
 
     def __len__(self) -> int:
-        return len(self.windows) + len(self.alerted)
+        return len(self.first) + len(self.windows) + len(self.alerted)

@@ -184,7 +184,8 @@ def test_during_a_flood_two_forged_packets_per_64_ban_no_prefix() -> None:
     alerts = run(detector, probes, end=30)
     nets = [a for a in alerts if a.net]
     assert len(nets) <= 20, len(nets)
-    assert len(detector.prefixes.windows) <= 4096 and len(detector.prefixes.alerted) <= 20
+    assert len(detector.prefixes.first) <= 4096 and len(detector.prefixes.windows) <= 4096
+    assert len(detector.prefixes.alerted) <= 20
 
 
 def test_during_a_flood_a_rotating_scanner_still_gets_its_prefix_alert() -> None:
@@ -205,7 +206,8 @@ def test_state_stays_bounded_under_rotation_across_many_64s() -> None:
     for n in range(20_000):
         src = f"2001:db8:{n >> 12:x}:{n & 0xfff:x}::1"
         detector.observe(probe(src), n * 0.0001)
-    assert len(detector.prefixes.windows) <= 256 and len(detector.prefixes.alerted) <= 256
+    assert len(detector.prefixes.first) <= 256 and len(detector.prefixes.windows) == 0
+    assert len(detector.prefixes.alerted) == 0
     assert detector.prefixes.evicted >= 20_000 - 256
 
 
