@@ -269,3 +269,40 @@ def test_bad_values_are_one_line_naming_file_line_and_key(tmp_path: Path, line: 
     key = line.split("=")[0]
     assert str(caught.value).startswith(f"{path}:3: {key}: ") and what in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+# -- the daemon's hooks -------------------------------------------------------------
+
+def test_the_daemon_gives_the_ignore_list_and_never_resolves_a_prefix(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sensor's ignore list (and this host's addresses) reach the watch; a prefix alert gets no
+    reverse-DNS name (RESOLVE_HOST=1 would otherwise look up the address and print it last)."""
+    import asyncio
+    import io
+    import socket
+
+    from sensor.daemon import Sensor
+    from sensor.sinks import Emitter, StderrSink
+
+    ignore = tmp_path / "portsentry.ignore"
+    ignore.write_text("2001:db8:79::5\n")
+    path = tmp_path / "portsentry.conf"
+    path.write_text(f'TCP_MODE="atcp"\nUDP_MODE="off"\nRESOLVE_HOST="1"\nIGNORE_FILE="{ignore}"\n')
+    sensor = Sensor(str(path), defaults=[])
+    stream = io.StringIO()
+    sensor.emitter = Emitter([StderrSink(stream)])
+    looked_up: list[str] = []
+    monkeypatch.setattr(socket, "gethostbyaddr", lambda a: looked_up.append(a) or ("name.example", [], []))
+
+    async def scenario() -> None:
+        for i, src in enumerate(rotating(2) + rotating(3, "2001:db8:79::/64")):
+            sensor.on_probe(probe(src, 100 + i))
+        await asyncio.sleep(0.5)
+
+    asyncio.run(scenario())
+    lines = stream.getvalue().splitlines()
+    nets = [line for line in lines if f"src={NET} " in line]
+    assert len(nets) == 1 and "host=" not in nets[0], lines
+    assert not any("src=2001:db8:79::/64" in line for line in lines), lines
+    assert sum(1 for line in lines if "src=2001:db8:79::" in line) == 3
+    assert rotating(2)[1] not in looked_up
