@@ -4,7 +4,9 @@ One detection is one :class:`Alert`.  :func:`format_alert` turns it into the
 syslog/journal MESSAGE and the journald fields of DESIGN.md section 4.  The
 message starts with fixed ``key=value`` fields, source address first, so that
 no attacker-controlled text (reverse-DNS names) can precede the address that
-fail2ban bans.  Pure: no I/O here; the sinks in :mod:`sensor.sinks` write.
+fail2ban bans.  A prefix alert (sensor/prefixwatch.py) puts the prefix in that
+same field (``src=2001:db8:77::/64``) and names the last address of the prefix
+in PORTSENTRY_SRC, the prefix in PORTSENTRY_NET.  Pure: no I/O here; the sinks in :mod:`sensor.sinks` write.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class Alert(Touch):
     window: int = 0
     flags: str = ""
     hostname: str = ""
+    net: str = ""        # a prefix alert (sensor/prefixwatch.py): the prefix, e.g. 2001:db8:77::/64
+    addresses: int = 0   # a prefix alert: distinct addresses of the prefix seen in the window
 
     @classmethod
     def from_probe(cls, probe: Probe, count: int, **extra: Any) -> Alert:
@@ -74,6 +78,11 @@ def _validate(alert: Alert) -> None:
         raise ValueError("bad dport/count")
     if not alert.mode.isalpha():
         raise ValueError(f"bad mode {alert.mode!r}")
+    if alert.net:
+        net = ipaddress.ip_network(alert.net)  # strict: no host bits
+        low, high = (32, 64) if net.version == 6 else (16, 31)
+        if not low <= net.prefixlen <= high or alert.addresses < 1 or alert.hostname:
+            raise ValueError(f"bad prefix alert {alert.net!r}")
 
 
 def escape_hostname(name: str) -> str:
@@ -86,17 +95,18 @@ def _free_text(alert: Alert) -> str:
     kind = _SCAN_TEXT[alert.scan]
     if alert.flags:
         kind = f"{kind} ({alert.flags})"
+    who = f"net {alert.net} by {alert.addresses} addresses" if alert.net else f"host {alert.src}"
     if alert.summary:
-        return (f"{kind} scan from host {alert.src} continues: {alert.count} "
+        return (f"{kind} scan from {who} continues: {alert.count} "
                 f"{proto} ports in the last {alert.window} s")
-    return f"{kind} scan from host {alert.src} to {proto} port {alert.dport}"
+    return f"{kind} scan from {who} to {proto} port {alert.dport}"
 
 
 def format_alert(alert: Alert) -> tuple[str, dict[str, str]]:
     """Return (MESSAGE, journald fields) for one alert."""
     _validate(alert)
     verified = "yes" if alert.verified else "no"
-    head = (f"attackalert: src={alert.src} dst={alert.dst} proto={alert.proto} "
+    head = (f"attackalert: src={alert.net or alert.src} dst={alert.dst} proto={alert.proto} "
             f"dport={alert.dport} scan={alert.scan} mode={alert.mode} "
             f"verified={verified} count={alert.count}")
     message = f"{head} {_free_text(alert)}"
@@ -118,6 +128,9 @@ def format_alert(alert: Alert) -> tuple[str, dict[str, str]]:
     }
     if alert.summary:
         fields["PORTSENTRY_SUMMARY"] = "1"
+    if alert.net:
+        fields["PORTSENTRY_NET"] = alert.net
+        fields["PORTSENTRY_ADDRESSES"] = str(alert.addresses)
     return message, fields
 
 

@@ -76,6 +76,9 @@ class Config:
     flood_ports: int = 5
     plan_refresh: int = 2
     metrics_dir: str = ""
+    ipv6_prefix: int = 64
+    ipv4_prefix: int = 32
+    prefix_addresses: int = 2
     path: str = ""
     warnings: tuple[str, ...] = field(default=(), compare=False)
     origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
@@ -209,6 +212,14 @@ def _path(value: str) -> str:
     return value
 
 
+def _ipv6_prefix(value: str) -> int:
+    """IPV6_PREFIX: 32..64 (the filter never bans a shorter prefix), or 128: per address."""
+    text = value.strip()
+    if not re.fullmatch(r"[0-9]{1,3}", text) or not (32 <= int(text) <= 64 or int(text) == 128):
+        raise ValueError(f"'{text}' is not a prefix length from 32 to 64, or 128 (off)")
+    return int(text)
+
+
 _FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "TCP_MODE": ("tcp_modes", lambda v: _modes(v, TCP_MODES)),
     "UDP_MODE": ("udp_modes", lambda v: _modes(v, UDP_MODES)),
@@ -232,6 +243,10 @@ _FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "FLOOD_SOURCES": ("flood_sources", _int_in(0, 1_000_000)),
     "FLOOD_PORTS": ("flood_ports", _int_in(1, 65535)),
     "PLAN_REFRESH": ("plan_refresh", _int_in(1, 3600)),
+    # Rotating sources, sensor/prefixwatch.py: addresses of one prefix are one actor.
+    "IPV6_PREFIX": ("ipv6_prefix", _ipv6_prefix),
+    "IPV4_PREFIX": ("ipv4_prefix", _int_in(16, 32)),
+    "PREFIX_ADDRESSES": ("prefix_addresses", _int_in(2, 65535)),
     "METRICS_DIR": ("metrics_dir", lambda v: v.strip() if v.strip() in ("auto", "") else _path(v.strip())),
 }
 KNOWN_KEYS = tuple(_FIELDS) + BLOCKING_KEYS + LEGACY_KEYS
@@ -267,6 +282,11 @@ def build_config(settings: dict[str, Setting], path: str,
     blocking = _blocking_warning(settings)
     if blocking:
         notes.append(blocking)
+    if values.get("ipv4_prefix", 32) != 32:
+        where = settings["IPV4_PREFIX"]
+        notes.append(f"{where.path}:{where.line}: IPV4_PREFIX: /{values['ipv4_prefix']}: addresses of one "
+                     f"IPv4 /{values['ipv4_prefix']} count as one scanner and the whole network is banned; "
+                     "behind carrier-grade NAT (100.64.0.0/10) or a shared proxy that is many innocent users")
     origins = tuple((k, f"{s.path}:{s.line}") for k, s in settings.items())
     config = Config(path=path, warnings=tuple(notes), origins=origins, **values)  # type: ignore[arg-type]
     _check_consistency(config, settings, path)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from sensor.alert import Alert
 from sensor.flood import FloodGuard
+from sensor.prefixwatch import PrefixSettings, PrefixWatch
 from sensor.probe import Probe
 
 _SMALL_SET = 64  # above this many ports a window switches to a bitmap
@@ -38,6 +39,9 @@ class DetectorSettings:
     flood_sources: int = 20         # new unverified sources per second (the config default); 0: no guard
     flood_ports: int = 5            # during a flood, more distinct ports than this to alert
     probation_slots: int = 1 << 20  # the probation table (rounded up to a power of two)
+    ipv6_prefix: int = 64           # IPV6_PREFIX: rotating addresses of one /64 are one actor (128: off)
+    ipv4_prefix: int = 32           # IPV4_PREFIX (32: off)
+    prefix_addresses: int = 2       # PREFIX_ADDRESSES (sensor/prefixwatch.py)
 
 
 @dataclass
@@ -102,6 +106,7 @@ class Detector:
         self.windows: OrderedDict[tuple[str, str], ScanWindow] = OrderedDict()
         self.evicted = 0
         self.flood = FloodGuard()
+        self.prefixes = PrefixWatch()   # sensor/prefixwatch.py: rotating addresses of one prefix
         self._settings = settings
         self.settings = settings
         self.probation_count = 0
@@ -121,11 +126,20 @@ class Detector:
     def settings(self, settings: DetectorSettings) -> None:
         self._settings = settings
         self.flood.configure(settings.flood_sources, settings.flood_ports, settings.summary_interval)
+        self.prefixes.settings = PrefixSettings(
+            ipv6_prefix=settings.ipv6_prefix, ipv4_prefix=settings.ipv4_prefix,
+            addresses=settings.prefix_addresses, scan_trigger=settings.scan_trigger,
+            scan_window=settings.scan_window, summary_max_lines=settings.summary_max_lines,
+            max_prefixes=settings.max_sources)
 
     def observe(self, probe: Probe, now: float) -> list[Alert]:
-        """Account one probe; return the alerts it causes (zero or one)."""
+        """Account one probe; return the alerts it causes (zero or one, plus closing summaries)."""
         key = (probe.src, probe.proto)
-        alerts: list[Alert] = []
+        absorbed, alerts, forget = self.prefixes.observe(probe, now, self.flood, self._alert)
+        for src in forget:  # the prefix alert speaks for these addresses now
+            self.windows.pop((src, probe.proto), None)
+        if absorbed:
+            return alerts
         window = self.windows.get(key)
         if window is not None and now - window.started >= self.settings.scan_window:
             alerts += self._close(key, window, now)
@@ -234,6 +248,7 @@ class Detector:
                 alerts += self._close(key, window, now)
             elif window.alerted and now - window.last_line >= self.settings.summary_interval:
                 alerts += self._summary(window, now)
+        alerts += self.prefixes.flush(now)
         self.flood.tick(now)
         return alerts
 

@@ -91,7 +91,9 @@ def detector_settings(config: Config) -> DetectorSettings:
                             summary_interval=float(config.summary_interval),
                             summary_max_lines=config.summary_max_lines,
                             max_sources=config.state_max_sources,
-                            flood_sources=config.flood_sources, flood_ports=config.flood_ports)
+                            flood_sources=config.flood_sources, flood_ports=config.flood_ports,
+                            ipv6_prefix=config.ipv6_prefix, ipv4_prefix=config.ipv4_prefix,
+                            prefix_addresses=config.prefix_addresses)
 
 
 class EventPath:
@@ -101,6 +103,7 @@ class EventPath:
         self.loaded = loaded
         self.emitter = Emitter(sinks)
         self.detector = Detector(detector_settings(loaded().config))
+        self.detector.prefixes.ignore = lambda: loaded().ignore  # a prefix overlapping it is never alerted
         self.lookups: set[asyncio.Task[None]] = set()  # RESOLVE_HOST lookups under way
         self.resolver = Resolver()
         self.metrics = Metrics()   # sensor/metrics.py: METRICS_DIR textfile
@@ -147,7 +150,8 @@ class EventPath:
         A name is a nicety, the alert is not: too many lookups at once, a failing lookup or
         the shutdown write the alert without one.
         """
-        if resolve and self.loaded().config.resolve_host and not alert.hostname and not self.resolver.busy():
+        if (resolve and self.loaded().config.resolve_host and not alert.hostname and not alert.net
+                and not self.resolver.busy()):
             lookup = self.resolver.start(alert.src)
             task = asyncio.get_running_loop().create_task(self._resolve_and_emit(alert, lookup))
             self.lookups.add(task)

@@ -27,6 +27,21 @@
 #     meta l4proto { tcp, udp } ip saddr @addr-set-<name> reject
 #     meta l4proto { tcp, udp } ip6 saddr @addr6-set-<name> reject
 #
+# Prefix bans (sensor/prefixwatch.py: the jail bans `2001:db8:77::/64` as one ticket)
+# go to two more sets, created with their rules on the first prefix ban (so a jail
+# that never bans a prefix has exactly the stock action's two rules):
+#
+#     set net-set-<name>  { type ipv4_addr; flags interval; }
+#     set net6-set-<name> { type ipv6_addr; flags interval; }
+#     meta l4proto { tcp, udp } ip saddr @net-set-<name> reject
+#     meta l4proto { tcp, udp } ip6 saddr @net6-set-<name> reject
+#
+# Separate sets, because nftables refuses an interval that overlaps an element
+# ("interval overlaps with an existing one"): the first address of a rotating /64 is
+# usually banned on its own before the /64 is.  The sensor writes prefixes of one
+# configured length, so two prefixes in a set do not overlap.  A prefix wider than
+# /32 (IPv6) or /16 (IPv4) is refused (logged), whoever asks for it.
+#
 # Unban (`fail2ban-client set portsentry unbanip`, expiry) deletes the element; a
 # restart re-creates sets and rules and fail2ban re-bans its restored tickets
 # through ban(); a permanent ban (portsentry-escalate.py, bantime -1) is an
@@ -98,6 +113,7 @@ class PortsentryNft(ActionBase):
         self._committer = None
         self._running = False
         self._started = False
+        self._nets_ready = False   # the prefix sets and their rules exist
         self._conf = self._parse(**params)
 
     # -- parameters ---------------------------------------------------------
@@ -127,6 +143,7 @@ class PortsentryNft(ActionBase):
             "priority": _number(chain_priority, int, -1000, 1000, bad("chain_priority", chain_priority,
                                                                        "an integer")),
             "sets": {4: f"addr-set-{name}", 6: f"addr6-set-{name}"},
+            "nets": {4: f"net-set-{name}", 6: f"net6-set-{name}"},
             "match": f"meta l4proto {{ {', '.join(protos)} }}", "blocktype": blocktype,
         }
 
@@ -178,7 +195,8 @@ class PortsentryNft(ActionBase):
         for item in json.loads(out).get("nftables", []):
             rule = item.get("rule")
             text = json.dumps(rule.get("expr", [])) if rule else ""
-            found += [(rule["handle"], setname) for setname in conf["sets"].values() if f'"@{setname}"' in text]
+            found += [(rule["handle"], setname) for setname in (*conf["sets"].values(), *conf["nets"].values())
+                      if f'"@{setname}"' in text]
         return found
 
     def start(self):
@@ -195,6 +213,10 @@ class PortsentryNft(ActionBase):
                  f"{conf['blocktype']}" for family, setname in conf["sets"].items() if setname not in present]
         if rules:
             self._cmd("\n".join(rules))
+        self._nets_ready = False
+        out = self._list_table()
+        if any(re.search(rf"^\s*set {re.escape(n)} \{{", out, re.M) for n in conf["nets"].values()):
+            self._ensure_nets()  # prefix bans from before a crash or reload: keep their sets
         self._started = True
         with self._queue_cond:
             self._running = True
@@ -215,7 +237,7 @@ class PortsentryNft(ActionBase):
         table = conf["table"]
         lines = [f"delete rule {table} {conf['chain']} handle {handle}" for handle, _ in self._rules()]
         out = self._list_table()
-        lines += [f"delete set {table} {setname}" for setname in conf["sets"].values()
+        lines += [f"delete set {table} {setname}" for setname in (*conf["sets"].values(), *conf["nets"].values())
                   if re.search(rf"^\s*set {re.escape(setname)} \{{", out, re.M)]
         if lines:
             self._cmd("\n".join(lines))
@@ -223,6 +245,22 @@ class PortsentryNft(ActionBase):
         if out and not re.search(r"^\s+set\s+", out, re.M):
             self._cmd(f"delete table {table}")
         self._started = False
+        self._nets_ready = False
+
+    def _ensure_nets(self):
+        """The prefix sets (flags interval) and their rules, once (see the header)."""
+        if self._nets_ready:
+            return
+        conf = self._conf
+        table, chain = conf["table"], conf["chain"]
+        self._cmd("\n".join(f"add set {table} {setname} {{ type {'ipv4_addr' if family == 4 else 'ipv6_addr'} ; "
+                            f"flags interval ; }}" for family, setname in conf["nets"].items()))
+        present = {setname for _, setname in self._rules()}
+        rules = [f"add rule {table} {chain} {conf['match']} {'ip' if family == 4 else 'ip6'} saddr @{setname} "
+                 f"{conf['blocktype']}" for family, setname in conf["nets"].items() if setname not in present]
+        if rules:
+            self._cmd("\n".join(rules))
+        self._nets_ready = True
 
     def _list_table(self):
         with self._lock:
@@ -231,22 +269,32 @@ class PortsentryNft(ActionBase):
 
     @staticmethod
     def _address(fid):
-        """An address (str) and its family; ValueError for anything else (a subnet, a name)."""
-        addr = ipaddress.ip_address(str(fid))
-        return str(addr), addr.version
+        """(address or prefix as text, family, is a prefix); ValueError for anything else (a name).
+
+        A prefix (a ticket of a prefix alert, "2001:db8:77::/64") must have no host bits
+        and be /32../127 (IPv6) or /16../31 (IPv4): never a /0 or a /8.
+        """
+        net = ipaddress.ip_network(str(fid), strict=True)
+        if net.prefixlen == net.max_prefixlen:
+            return str(net.network_address), net.version, False
+        if net.prefixlen < (32 if net.version == 6 else 16):
+            raise ValueError(f"{fid}: a prefix wider than /{32 if net.version == 6 else 16} is never banned")
+        return str(net), net.version, True
 
     def _elements(self, verb, addresses):
-        by_family = {4: [], 6: []}
+        groups = {}
         for fid in addresses:
-            addr, family = self._address(fid)
-            by_family[family].append(addr)
+            addr, family, is_net = self._address(fid)
+            groups.setdefault((family, is_net), []).append(addr)
         conf = self._conf
-        return [f"{verb} element {conf['table']} {conf['sets'][family]} {{ {', '.join(addrs)} }}"
-                for family, addrs in by_family.items() if addrs]
+        if verb == "add" and any(is_net for _, is_net in groups):
+            self._ensure_nets()
+        return [f"{verb} element {conf['table']} {conf['nets' if is_net else 'sets'][family]} {{ {', '.join(addrs)} }}"
+                for (family, is_net), addrs in sorted(groups.items())]
 
     # -- batching -------------------------------------------------------------
     def _enqueue(self, fid):
-        addr, family = self._address(fid)  # refuse a non-address now, in fail2ban's own error log
+        addr, family, _ = self._address(fid)  # refuse a non-address now, in fail2ban's own error log
         with self._queue_cond:
             if not self._running:
                 direct = True
@@ -316,7 +364,7 @@ class PortsentryNft(ActionBase):
 
     # -- repair -------------------------------------------------------------
     def _intact(self):
-        return len(self._rules()) == len(self._conf["sets"])
+        return len(self._rules()) == len(self._conf["sets"]) + (len(self._conf["nets"]) if self._nets_ready else 0)
 
     def _repair(self):
         """Table, set or rule gone (`nft flush ruleset`, a firewall reload): rebuild, re-add current bans.
@@ -368,7 +416,8 @@ class PortsentryNft(ActionBase):
         """Empty both sets in one transaction (fail2ban's stop and `unban --all`); True: done."""
         self._drain()
         conf = self._conf
-        self._cmd("\n".join(f"flush set {conf['table']} {setname}" for setname in conf["sets"].values()))
+        names = [*conf["sets"].values(), *(conf["nets"].values() if self._nets_ready else ())]
+        self._cmd("\n".join(f"flush set {conf['table']} {setname}" for setname in names))
         return True
 
 
