@@ -459,6 +459,18 @@ def test_a_decoy_flood_costs_no_journal_line_and_every_source_is_counted(booted:
     """
     spoofed = ipaddress.ip_network(FLOOD_NET)
     mac = json.loads(run(["ip", "-j", "-n", VICTIM, "link", "show", "psK-vv"]).stdout)[0]["address"]
+    # The sensor captures now: not in a reload (the previous test's teardown reloads it, and a
+    # reload reopens the capture sockets: a packet in between is not seen), and a real probe from
+    # CONTROL_IP after that is alerted.
+    assert wait_for(lambda: booted.show("ActiveState", "SubState") == {"ActiveState": "active",
+                                                                       "SubState": "running"}, 30)
+    before = journal_cursor(booted)
+    booted.attack("nmap", "-n", "-Pn", "-sS", "-S", CONTROL_IP, "-e", "psK-av", "-p", "46",
+                  "--max-retries", "0", VICTIM_IP)
+    assert wait_for(lambda: f"PORTSENTRY_SRC={CONTROL_IP}" in booted.sh(
+        f"journalctl -o export --no-pager --after-cursor='{before}' _SYSTEMD_UNIT=portsentry-sensor.service",
+        check=False).stdout, 15), "the sensor did not alert a probe before the flood"
+    booted.sh(f"fail2ban-client set portsentry unbanip {CONTROL_IP}", check=False)
     cursor = journal_cursor(booted)
     out = run(["nsenter", "-t", str(booted.attacker), "-n", "python3", str(REPO / "bench" / "spoof.py"),
                "--mac", mac, "--ifname", "psK-av", "--dst4", VICTIM_IP, "--dst6", "2001:db8::1",
