@@ -437,7 +437,7 @@ def test_repeat_offender_is_banned_for_good_across_restarts_and_unbanip_lifts_it
 FLOOD_SOURCES = 25_000     # more than the unit's LogRateLimitBurst (20,000 per 30 s) if each alerted
 FLOOD_RATE = 2_500         # packets/s: 10 s, bounded in count (and time: spoof.py --max-seconds)
 FLOOD_NET = "198.18.0.0/15"
-FLOOD_CONTROL = "203.0.113.46"   # the flood test's readiness probe (nmap -S: replies go nowhere)
+FLOOD_CONTROL_INDEX = 100_000   # the readiness probe's source: 198.19.134.161, outside the flood's
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -460,25 +460,29 @@ def test_a_decoy_flood_costs_no_journal_line_and_every_source_is_counted(booted:
     """
     spoofed = ipaddress.ip_network(FLOOD_NET)
     mac = json.loads(run(["ip", "-j", "-n", VICTIM, "link", "show", "psK-vv"]).stdout)[0]["address"]
+    def spoof(count: int, offset: int = 0) -> str:
+        """bench/spoof.py in the attacker namespace: ``count`` forged one-SYN sources, paced, bounded."""
+        return run(["nsenter", "-t", str(booted.attacker), "-n", "python3", str(REPO / "bench" / "spoof.py"),
+                    "--mac", mac, "--ifname", "psK-av", "--dst4", VICTIM_IP, "--dst6", "2001:db8::1",
+                    "--count4", str(count), "--count6", "0", "--offset", str(offset),
+                    "--tcp-ports", "40,41,42,43,44,45", "--rate", str(FLOOD_RATE),
+                    "--max-seconds", str(2 * count / FLOOD_RATE + 10)], timeout=120).stdout
+
     # The sensor captures now: not in a reload (the previous test's teardown reloads it, and a
     # reload reopens the capture sockets: a packet in between is not seen), and a probe after
-    # that is alerted: one SYN from an address no earlier test used (a scan window of an
-    # earlier source would hold a new port in its summary, not alert it).
+    # that is alerted: one forged SYN from a source outside the flood's range (raw frames to the
+    # container's MAC, as the flood: nmap -S from an off-link address would be stuck at ARP).
     assert wait_for(lambda: booted.show("ActiveState", "SubState") == {"ActiveState": "active",
                                                                        "SubState": "running"}, 30)
     before = journal_cursor(booted)
-    booted.attack("nmap", "-n", "-Pn", "-sS", "-S", FLOOD_CONTROL, "-e", "psK-av", "-p", "46",
-                  "--max-retries", "0", VICTIM_IP)
-    assert wait_for(lambda: f"PORTSENTRY_SRC={FLOOD_CONTROL}" in booted.sh(
+    spoof(1, offset=FLOOD_CONTROL_INDEX)
+    control = str(spoofed.network_address + 1 + FLOOD_CONTROL_INDEX)
+    assert wait_for(lambda: f"PORTSENTRY_SRC={control}" in booted.sh(
         f"journalctl -o export --no-pager --after-cursor='{before}' _SYSTEMD_UNIT=portsentry-sensor.service",
         check=False).stdout, 15), "the sensor did not alert a probe before the flood"
-    booted.sh(f"fail2ban-client set portsentry unbanip {FLOOD_CONTROL}", check=False)
+    booted.sh(f"fail2ban-client set portsentry unbanip {control}", check=False)
     cursor = journal_cursor(booted)
-    out = run(["nsenter", "-t", str(booted.attacker), "-n", "python3", str(REPO / "bench" / "spoof.py"),
-               "--mac", mac, "--ifname", "psK-av", "--dst4", VICTIM_IP, "--dst6", "2001:db8::1",
-               "--count4", str(FLOOD_SOURCES), "--count6", "0", "--tcp-ports", "40,41,42,43,44,45",
-               "--rate", str(FLOOD_RATE), "--max-seconds", str(2 * FLOOD_SOURCES / FLOOD_RATE + 10)],
-              timeout=120).stdout
+    out = spoof(FLOOD_SOURCES)
     sent = json.loads(out.strip().splitlines()[-1])["sent"]
     assert sent == FLOOD_SOURCES, out
 
