@@ -474,6 +474,10 @@ def test_a_decoy_flood_costs_no_journal_line_and_every_source_is_counted(booted:
     # container's MAC, as the flood: nmap -S from an off-link address would be stuck at ARP).
     assert wait_for(lambda: booted.show("ActiveState", "SubState") == {"ActiveState": "active",
                                                                        "SubState": "running"}, 30)
+    # Seen on bookworm (3 runs of 3, not on trixie): the first forged SYN after the previous
+    # test's `systemctl reload portsentry-sensor` is not alerted (the flood's first source then,
+    # the first readiness probe now); the next ones are.  Not a journald drop (the line is never
+    # written); not investigated yet.  The probes make the flood's count exact regardless.
     unseen = []
     for k in range(5):   # bounded: a lost probe is recorded and retried from a new source
         before = journal_cursor(booted)
