@@ -58,6 +58,13 @@ def row(label: str, result: FloodResult) -> str:
             f"{result.f2b_cpu_s:.2f} s | {result.f2b_peak_rss_kb / 1024:.1f} MB |")
 
 
+def ban_action() -> str:
+    """The shipped jail's banaction (the runs use the shipped pack; their .local does not change it)."""
+    jail = (REPO / "fail2ban" / "jail.d" / "portsentry.conf").read_text()
+    found = [line.split("=", 1)[1].strip() for line in jail.splitlines() if line.startswith("banaction")]
+    return f"`{found[-1]}`" if found else "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run each size once per family; print and record the table."""
     parser = argparse.ArgumentParser(description="decoy flood + real scan (issue 11), sensor side")
@@ -98,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         journal.stop()
     text = (f"\n## Decoy flood run {started} (issue 11, sensor side)\n\n"
-            f"Command (as root, in {REPO}): `{command}`  \nTree: {git_head()}  \nMachine: {machine()}  \n"
+            f"Command (as root, in {REPO}): `{command}`  \nTree: {git_head()}  \nBan action: {ban_action()}  \n"
+            f"Machine: {machine()}  \n"
             f"Load before: `{load_before}`  \nLoad after: `{uptime()}`\n\n"
             "| flood (forged SYNs, one per source) | sent | real scanner: first probe -> ban | "
             "forged banned | sensor lines | says flood | sensor peak RSS | fail2ban CPU | fail2ban peak RSS |\n"

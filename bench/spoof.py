@@ -34,12 +34,14 @@ def main() -> int:
     parser.add_argument("--udp-ports", type=_ports, default=[])
     parser.add_argument("--rate", type=float, default=20_000.0, help="packets per second (upper bound)")
     parser.add_argument("--max-seconds", type=float, default=60.0)
+    parser.add_argument("--ifname", default="eth0", help="the attacker namespace's link to the victim")
+    parser.add_argument("--offset", type=int, default=0, help="index of the first forged source")
     args = parser.parse_args()
-    injector = Injector(None, args.mac)
+    injector = Injector(None, args.mac, args.ifname)
     start = time.monotonic()
     sent = 0
     for ethertype, data in flood_packets(args.count4, args.count6, args.dst4, args.dst6,
-                                         args.tcp_ports, args.udp_ports):
+                                         args.tcp_ports, args.udp_ports, offset=args.offset):
         now = time.monotonic()
         if now - start > args.max_seconds:
             break

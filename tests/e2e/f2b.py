@@ -45,7 +45,7 @@ def build_confdir(workdir: Path, jail_local: str) -> Path:
 class Fail2Ban:
     """fail2ban-server in the victim namespace; fail2ban-client against its private socket."""
 
-    def __init__(self, lab: Lab, workdir: Path, jail_local: str) -> None:
+    def __init__(self, lab: Lab, workdir: Path, jail_local: str, loglevel: str = "INFO") -> None:
         self.lab = lab
         self.workdir = workdir
         self.confdir = build_confdir(workdir, jail_local)
@@ -56,7 +56,7 @@ class Fail2Ban:
         (self.confdir / "fail2ban.local").write_text(
             "[Definition]\n"
             f"socket = {self.socket}\npidfile = {self.pidfile}\n"
-            f"dbfile = {self.dbfile}\nlogtarget = {self.logfile}\nloglevel = INFO\n")
+            f"dbfile = {self.dbfile}\nlogtarget = {self.logfile}\nloglevel = {loglevel}\n")
         self.proc: subprocess.Popen[Any] | None = None
 
     # -- lifecycle ---------------------------------------------------------

@@ -14,6 +14,17 @@ permanent.  The jail reads only journal entries with the sensor's _UID and _PID
 (journald sets both): other test sessions may log alerts for the same
 documentation addresses as the same user.
 
+The sensor reports a scan in two lines: the alert on its first probe and, when
+its window closes (SCAN_WINDOW, 1 s later), a summary.  fail2ban bans on the
+first and queues the second as one more ticket; an unbanip before that ticket is
+acted on would be undone by it (a new ban after the admin's unbanip, counted on
+the ladder).  So every unbanip (``unbanip``, ``forgive``) first waits until the
+scan is ``settle``d: the sensor has reported every port of it and fail2ban has
+acted on every line (logged Ban, or "already banned", which fail2ban logs at
+DEBUG: the test server logs at DEBUG).  The ban action's speed does not matter;
+a fast one only reaches the unbanip sooner.  ``assert_free`` then checks that no
+ban came after the unbanip.
+
 Each test starts from an attacker with no ban history (``forgive``: unbanip
 deletes the address from fail2ban's database) and reads the ladder's rungs from
 that database (the bantime fail2ban recorded for each ban), not from a clock.
@@ -103,6 +114,14 @@ except OSError as exc:
 
 
 @dataclass
+class Since:
+    """Where the journal and fail2ban's log stood when a scan began."""
+
+    cursor: str
+    mark: int
+
+
+@dataclass
 class Stack:
     """The lab with a sensor and fail2ban in the victim."""
 
@@ -129,7 +148,8 @@ def jail_stack(lab: Lab, journald: Journal, sensor_user: tuple[str, int, int],
     wait_until(lambda: lab.listening(lab.victim, "udp", SERVICE_UDP), 10)
     sensor = SensorProcess(lab, SENSOR_CONF, user=sensor_user).start()
     workdir = world_readable_dir("portsentry-f2b-")
-    f2b = Fail2Ban(lab, workdir, jail_local(sensor_user[1], sensor.pid, local_extra))
+    # DEBUG: fail2ban logs "already banned" (what settle() waits for) only at DEBUG.
+    f2b = Fail2Ban(lab, workdir, jail_local(sensor_user[1], sensor.pid, local_extra), loglevel="DEBUG")
     try:
         f2b.start()
         yield Stack(lab, journald, sensor, f2b, sensor_user[1])
@@ -158,14 +178,57 @@ def udp_ok(stack: Stack, address: str) -> bool:
     return stack.lab.run_attacker([SYSTEM_PYTHON, "-c", UDP_PROBE, address, str(SERVICE_UDP)]).returncode == 0
 
 
-def scan(stack: Stack, target: str, ns: str | None = None) -> None:
-    """A TCP connect scan of the watched ports (the sensor alerts on the first)."""
+def scan(stack: Stack, target: str, ns: str | None = None) -> Since:
+    """A TCP connect scan of the watched ports (the sensor alerts on the first); where it began."""
+    since = Since(stack.journal.cursor(), len(stack.f2b.log_text()))
     args = ["-sT", "-p", ",".join(map(str, TCP_WATCHED))]
     stack.lab.nmap([*args, "-6", target] if ":" in target else [*args, target], ns=ns, timeout=60)
+    return since
 
 
-def forgive(stack: Stack, address: str) -> None:
-    """Start from no history: unbanip deletes the address from the database even when not banned."""
+def reported(stack: Stack, address: str, since: Since) -> int | None:
+    """How many alert lines the sensor wrote for the scan, once they cover all its ports (else None).
+
+    A line without PORTSENTRY_SUMMARY opens a window; a summary carries its window's count so far.
+    """
+    entries = stack.sensor.alerts(stack.journal, since.cursor, src=address)
+    total = current = 0
+    for entry in entries:
+        if entry.get("PORTSENTRY_SUMMARY") != "1":
+            total += current
+        current = int(entry["PORTSENTRY_COUNT"])
+    return len(entries) if total + current >= len(TCP_WATCHED) else None
+
+
+def acted_on(log: str, address: str) -> tuple[int, int]:
+    """(lines fail2ban found for the address, tickets its actions thread took) in a log excerpt."""
+    ip = re.escape(address)
+    found = len(re.findall(rf"\[portsentry\] Found {ip} ", log))
+    acted = len(re.findall(rf"\[portsentry\] (?:(?:Restore )?Ban {ip}|Reban {ip}\b.*|{ip} already banned"
+                           rf"|Ignore {ip}, expired bantime)$", log, re.M))
+    return found, acted
+
+
+def settle(stack: Stack, address: str, since: Since) -> None:
+    """Wait until the sensor has reported the whole scan and fail2ban has acted on every line of it."""
+    def done() -> bool:
+        lines = reported(stack, address, since)
+        if lines is None:
+            return False
+        found, acted = acted_on(stack.f2b.log_text()[since.mark:], address)
+        return found >= lines and acted >= found
+    assert wait_until(done, 15), (f"scan of {address} not settled: sensor lines {reported(stack, address, since)}, "
+                                  f"fail2ban (found, acted) {acted_on(stack.f2b.log_text()[since.mark:], address)}"
+                                  f"\n{stack.f2b.log_tail()}")
+
+
+def forgive(stack: Stack, address: str, since: Since | None = None) -> None:
+    """Start from no history: unbanip deletes the address from the database even when not banned.
+
+    ``since``: the address's last scan, settled first (see the module docstring).
+    """
+    if since is not None:
+        settle(stack, address, since)
     stack.f2b.client("set", "portsentry", "unbanip", address, check=False)
     stack.f2b.wait_in_set(address, present=False)
 
@@ -194,12 +257,12 @@ def ban_control(stack: Stack) -> None:
     """
     mark = len(stack.f2b.log_text())
     forgive(stack, SECOND4)
-    scan(stack, VICTIM4, ns=f"{stack.lab.prefix}-b")
+    since = scan(stack, VICTIM4, ns=f"{stack.lab.prefix}-b")
     found = f"[portsentry] Found {SECOND4}"
     assert wait_until(lambda: found in stack.f2b.log_text()[mark:], 15), \
         f"positive control: fail2ban did not find {SECOND4}\n{stack.f2b.log_tail()}"
     stack.f2b.wait_in_set(SECOND4)
-    forgive(stack, SECOND4)
+    forgive(stack, SECOND4, since)
 
 
 def banned_list(stack: Stack) -> list[str]:
@@ -224,9 +287,16 @@ def ban_times(stack: Stack) -> dict[str, int]:
     return found
 
 
-def unbanip(stack: Stack, address: str) -> None:
-    """What the admin types."""
+def unbanip(stack: Stack, address: str, since: Since | None = None) -> int:
+    """What the admin types, once the address's last scan (``since``) has settled.
+
+    Returns where fail2ban's log stood just before (for assert_free).
+    """
+    if since is not None:
+        settle(stack, address, since)
+    mark = len(stack.f2b.log_text())
     stack.f2b.client("set", "portsentry", "unbanip", address)
+    return mark
 
 
 def assert_banned(stack: Stack, address: str) -> None:
@@ -238,8 +308,17 @@ def assert_banned(stack: Stack, address: str) -> None:
     assert not udp_ok(stack, victim), "a banned attacker still gets UDP answers"
 
 
-def assert_free(stack: Stack, address: str) -> None:
-    """Out of the set and the jail, and served again (TCP and UDP)."""
+def assert_free(stack: Stack, address: str, since: Since | None = None, mark: int | None = None) -> None:
+    """Out of the set and the jail, and served again (TCP and UDP).
+
+    With the scan's ``since`` and the log ``mark`` unbanip returned: once every line of
+    that scan has been acted on, no ban of the address came after the unbanip.
+    """
+    if since is not None and mark is not None:
+        settle(stack, address, since)
+        after = stack.f2b.log_text()[mark:]
+        assert not re.search(rf"\[portsentry\] (?:Ban|Reban) {re.escape(address)}\b", after), \
+            f"{address} was banned again after unbanip:\n{after}"
     stack.f2b.wait_in_set(address, present=False)
     assert address not in banned_list(stack)
     victim = VICTIM6 if ":" in address else VICTIM4
@@ -254,24 +333,24 @@ def test_scan_gets_the_attacker_banned_and_unbanip_lets_it_back(stack: Stack) ->
     forgive(stack, ATTACKER4)
     assert tcp_ok(stack, VICTIM4) and udp_ok(stack, VICTIM4), "services unreachable before any scan"
     started = time.monotonic()
-    scan(stack, VICTIM4)
+    since = scan(stack, VICTIM4)
     stack.f2b.wait_in_set(ATTACKER4, timeout=15)
     print(f"scan start to nft set membership: {time.monotonic() - started:.2f} s")
     assert_banned(stack, ATTACKER4)
-    unbanip(stack, ATTACKER4)
-    assert_free(stack, ATTACKER4)
+    mark = unbanip(stack, ATTACKER4, since)
+    assert_free(stack, ATTACKER4, since, mark)
 
 
 def test_ipv6_attacker_is_banned_too(stack: Stack) -> None:
     """The same over IPv6: the ip6 set holds the address; unbanip lifts it."""
     forgive(stack, ATTACKER6)
     assert tcp_ok(stack, VICTIM6)
-    scan(stack, VICTIM6)
+    since = scan(stack, VICTIM6)
     stack.f2b.wait_in_set(ATTACKER6, timeout=15)
     assert_banned(stack, ATTACKER6)
     assert ATTACKER4 not in stack.f2b.nft_set(4), "an IPv6 scan banned the IPv4 address"
-    unbanip(stack, ATTACKER6)
-    assert_free(stack, ATTACKER6)
+    mark = unbanip(stack, ATTACKER6, since)
+    assert_free(stack, ATTACKER6, since, mark)
 
 
 def test_forged_alerts_from_another_local_user_ban_nobody(stack: Stack) -> None:
@@ -333,10 +412,12 @@ def test_repeat_offender_is_banned_for_good_even_across_a_restart(stack: Stack) 
         stack.f2b.wait_in_set(ATTACKER4, timeout=15)
         assert wait_recorded(stack, ATTACKER4, rung) == ladder
         stack.f2b.wait_in_set(ATTACKER4, present=False, timeout=15)  # the ban expires by itself
-    scan(stack, VICTIM4)
+    since = scan(stack, VICTIM4)
     stack.f2b.wait_in_set(ATTACKER4, timeout=15)
     assert wait_until(lambda: ban_times(stack).get(ATTACKER4) == -1, 5), ban_times(stack)
     assert "Permanent ban 192.0.2.2" in stack.f2b.log_text()
+    settle(stack, ATTACKER4, since)   # the scan's summary line does not undo the permanent ban
+    assert ban_times(stack).get(ATTACKER4) == -1, ban_times(stack)
     time.sleep(9)  # longer than any time-limited ban of the ladder
     assert_banned(stack, ATTACKER4)
 
@@ -345,6 +426,8 @@ def test_repeat_offender_is_banned_for_good_even_across_a_restart(stack: Stack) 
     assert ban_times(stack).get(ATTACKER4) == -1
     assert_banned(stack, ATTACKER4)
 
+    # The scan's lines were acted on before the restart (the permanent ban was seen):
+    # no settle needed, and the restarted server's log has them already.
     unbanip(stack, ATTACKER4)
     assert_free(stack, ATTACKER4)
     mark = len(stack.f2b.log_text())
@@ -359,37 +442,40 @@ def test_after_unbanip_the_ladder_starts_again(stack: Stack) -> None:
     """unbanip forgives: after two bans (2 s, then 6 s), the next scan gets the first, short ban again."""
     forgive(stack, ATTACKER4)
     for rung, ladder in ((1, [2]), (2, [2, 6])):
-        scan(stack, VICTIM4)
+        since = scan(stack, VICTIM4)
         stack.f2b.wait_in_set(ATTACKER4, timeout=15)
         assert wait_recorded(stack, ATTACKER4, rung) == ladder
         if rung == 1:
             stack.f2b.wait_in_set(ATTACKER4, present=False, timeout=15)
-    unbanip(stack, ATTACKER4)
-    assert_free(stack, ATTACKER4)
-    time.sleep(1.5)  # past SCAN_WINDOW (1 s): the sensor reports the next scan anew
-    scan(stack, VICTIM4)
+    mark = unbanip(stack, ATTACKER4, since)   # settled: the scan's window is closed
+    assert_free(stack, ATTACKER4, since, mark)
+    since = scan(stack, VICTIM4)
     stack.f2b.wait_in_set(ATTACKER4, timeout=15)
     assert wait_recorded(stack, ATTACKER4, 1) == [2]
-    forgive(stack, ATTACKER4)
+    forgive(stack, ATTACKER4, since)
 
 
 def test_fail2ban_unban_lifts_the_ban_in_every_jail(stack: Stack) -> None:
     """`fail2ban-client unban IP` (no jail) lifts our ban as well."""
     forgive(stack, ATTACKER4)
-    scan(stack, VICTIM4)
+    since = scan(stack, VICTIM4)
     stack.f2b.wait_in_set(ATTACKER4, timeout=15)
+    settle(stack, ATTACKER4, since)
+    mark = len(stack.f2b.log_text())
     stack.f2b.client("unban", ATTACKER4)
-    assert_free(stack, ATTACKER4)
+    assert_free(stack, ATTACKER4, since, mark)
 
 
 def test_sensor_alerts_are_what_banned(stack: Stack) -> None:
     """Every ban comes from a sensor alert in the journal (fail2ban's log names the jail and address)."""
     cursor = stack.journal.cursor()
     mark = len(stack.f2b.log_text())
+    scans = {}
     for address, target in ((ATTACKER4, VICTIM4), (ATTACKER6, VICTIM6)):
         forgive(stack, address)
-        scan(stack, target)
+        scans[address] = scan(stack, target)
         stack.f2b.wait_in_set(address, timeout=15)
+        settle(stack, address, scans[address])
     log = stack.f2b.log_text()[mark:]
     banned = set(re.findall(r"\[portsentry\] Ban (\S+)", log))
     assert banned == {ATTACKER4, ATTACKER6}, log

@@ -2,7 +2,8 @@
 
 Checks what DESIGN.md section 5 requires of jail.d/portsentry.conf without running
 a server: backend systemd, a trusted journalmatch that a .local replaces (not adds
-to), nftables on all ports for TCP and UDP, explicit times, increasing bans without
+to), nftables on all ports for TCP and UDP (the libnftables action by
+default, the stock one on request), explicit times, increasing bans without
 maxtime (it would clip restored permanent bans), the escalation action, and the
 filter's mode parameter reaching the failregex.
 """
@@ -77,23 +78,26 @@ def test_shipped_jail(pack_confdir: Path) -> None:
     assert conf.get("bantime.maxtime", "") == ""
     assert "verified=(?:yes|no)" in conf["addfailregex"]
     actions = [c[3] for c in commands if c[:3] == ["set", JAIL, "addaction"]]
-    assert actions == ["nftables", "portsentry-escalate"]
+    # The default ban path: libnftables in fail2ban's process (action.d/portsentry-nft.py),
+    # loaded by path with the stock action's parameters (so the two stay interchangeable).
+    assert actions == ["portsentry-nft", "portsentry-escalate"]
     escalate = next(c for c in commands if c[:4] == ["set", JAIL, "addaction", "portsentry-escalate"])
     assert escalate[5] == '{"after": "4", "window": "1d"}'
+    nft = next(c for c in commands if c[:4] == ["set", JAIL, "addaction", "portsentry-nft"])
+    assert nft[4].endswith("/action.d/portsentry-nft.py")
+    assert json.loads(nft[5]) == {"name": "portsentry", "port": "0:65535", "protocol": "tcp,udp"}
+
+
+def test_local_can_go_back_to_the_stock_nftables_action(pack_confdir: Path) -> None:
+    """`banaction = nftables[type=allports]` in the .local (the documented way back): the stock
+    shell action on all ports, TCP and UDP, in the same sets."""
+    commands = dump(pack_confdir, "[portsentry]\nbanaction = nftables[type=allports]\n")
+    actions = [c[3] for c in commands if c[:3] == ["set", JAIL, "addaction"]]
+    assert actions == ["nftables", "portsentry-escalate"]
     nft = dict(next(c for c in commands if c[0] == "multi-set" and c[3] == "nftables")[4])
     assert nft["type"] == "allports" and nft["protocol"] == "tcp,udp"
     assert "meta l4proto \\{ tcp,udp \\}" in nft["actionstart"]
     assert nft["addr_set?family=inet6"] == "addr6-set-<name>"
-
-
-def test_local_can_choose_the_libnftables_action(pack_confdir: Path) -> None:
-    """`banaction = portsentry-nft.py` in the .local: loaded by path with the stock action's parameters."""
-    commands = dump(pack_confdir, "[portsentry]\nbanaction = portsentry-nft.py\n")
-    actions = [c[3] for c in commands if c[:3] == ["set", JAIL, "addaction"]]
-    assert actions == ["portsentry-nft", "portsentry-escalate"]
-    nft = next(c for c in commands if c[:4] == ["set", JAIL, "addaction", "portsentry-nft"])
-    assert nft[4].endswith("/action.d/portsentry-nft.py")
-    assert json.loads(nft[5]) == {"name": "portsentry", "port": "0:65535", "protocol": "tcp,udp"}
 
 
 def test_local_replaces_journalmatch_and_sets_mode(pack_confdir: Path) -> None:

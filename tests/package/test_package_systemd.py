@@ -17,6 +17,8 @@ ban that a `systemctl restart fail2ban` restores from the database and that
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import re
 import signal
@@ -246,8 +248,8 @@ def test_forged_alert_from_another_local_user_bans_nobody(booted: Booted) -> Non
 def test_a_scan_is_banned_and_unbanip_lets_the_address_back(booted: Booted) -> None:
     booted.attack("nmap", "-n", "-Pn", "-sS", "-p", "20-30", "--max-retries", "0", VICTIM_IP)
     assert wait_for(lambda: ATTACKER_IP in banned(booted), 15), banned(booted)
-    # The jail lists the address as soon as it decides; the nftables action runs right after
-    # (on the first ban it creates the table first).
+    # The jail lists the address as soon as it decides; the ban action (portsentry-nft.py, which
+    # made the table at fail2ban's start) adds it to the set right after.
     assert wait_for(lambda: ATTACKER_IP in nft_set(booted, "addr-set-portsentry"), 10), \
         booted.sh("tail -n 20 /var/log/fail2ban.log", check=False).stdout
     journal = booted.sh("journalctl -o verbose _SYSTEMD_UNIT=portsentry-sensor.service "
@@ -430,3 +432,95 @@ def test_repeat_offender_is_banned_for_good_across_restarts_and_unbanip_lifts_it
     assert f"Ban {ATTACKER_IP}" not in fail2ban_log(booted)[mark:], "unbanip did not stick"
     assert not in_set(booted) and ATTACKER_IP not in ban_times(booted), "unbanip did not stick"
     assert connects(booted)
+
+
+FLOOD_SOURCES = 25_000     # more than the unit's LogRateLimitBurst (20,000 per 30 s) if each alerted
+FLOOD_RATE = 2_500         # packets/s: 10 s, bounded in count (and time: spoof.py --max-seconds)
+FLOOD_NET = "198.18.0.0/15"
+FLOOD_CONTROL_INDEX = 100_000   # the readiness probe's source: 198.19.134.161, outside the flood's
+REPO = Path(__file__).resolve().parents[2]
+
+
+def journal_cursor(booted: Booted) -> str:
+    """The container journal's current end."""
+    out = booted.sh("journalctl -q -n 1 --show-cursor --no-pager").stdout
+    return out.rsplit("-- cursor: ", 1)[1].strip()
+
+
+def test_a_decoy_flood_costs_no_journal_line_and_every_source_is_counted(booted: Booted) -> None:
+    """Issue 11, item 4, under the packaged unit: 25,000 forged one-SYN sources (198.18.0.0/15)
+    at 2,500/s from the attacker namespace to the booted container's address.
+
+    Without the flood guard that would be 25,000 alert lines, over the unit's LogRateLimitBurst
+    (20,000 per 30 s), and journald would drop some with only its own "Suppressed N messages"
+    line.  With it: journald suppressed nothing from the sensor, the sensor said it was a flood,
+    and its journal lines match its own counters: every forged source we sent is either an alert
+    line in the journal or counted as suppressed in its "flood ended" line (alerts + suppressed
+    == sent), in a bounded number of lines.
+    """
+    spoofed = ipaddress.ip_network(FLOOD_NET)
+    mac = json.loads(run(["ip", "-j", "-n", VICTIM, "link", "show", "psK-vv"]).stdout)[0]["address"]
+    def spoof(count: int, offset: int = 0) -> str:
+        """bench/spoof.py in the attacker namespace: ``count`` forged one-SYN sources, paced, bounded."""
+        return run(["nsenter", "-t", str(booted.attacker), "-n", "python3", str(REPO / "bench" / "spoof.py"),
+                    "--mac", mac, "--ifname", "psK-av", "--dst4", VICTIM_IP, "--dst6", "2001:db8::1",
+                    "--count4", str(count), "--count6", "0", "--offset", str(offset),
+                    "--tcp-ports", "40,41,42,43,44,45", "--rate", str(FLOOD_RATE),
+                    "--max-seconds", str(2 * count / FLOOD_RATE + 10)], timeout=120).stdout
+
+    # The sensor captures now: not in a reload (the previous test's teardown reloads it, and a
+    # reload reopens the capture sockets: a packet in between is not seen), and a probe after
+    # that is alerted: one forged SYN from a source outside the flood's range (raw frames to the
+    # container's MAC, as the flood: nmap -S from an off-link address would be stuck at ARP).
+    assert wait_for(lambda: booted.show("ActiveState", "SubState") == {"ActiveState": "active",
+                                                                       "SubState": "running"}, 30)
+    # Seen on bookworm (3 runs of 3, not on trixie): the first forged SYN after the previous
+    # test's `systemctl reload portsentry-sensor` is not alerted (the flood's first source then,
+    # the first readiness probe now); the next ones are.  Not a journald drop (the line is never
+    # written); not investigated yet.  The probes make the flood's count exact regardless.
+    unseen = []
+    for k in range(5):   # bounded: a lost probe is recorded and retried from a new source
+        before = journal_cursor(booted)
+        spoof(1, offset=FLOOD_CONTROL_INDEX + k)
+        control = str(spoofed.network_address + 1 + FLOOD_CONTROL_INDEX + k)
+        if wait_for(lambda c=control, b=before: f"PORTSENTRY_SRC={c}" in booted.sh(
+                f"journalctl -o export --no-pager --after-cursor='{b}' _SYSTEMD_UNIT=portsentry-sensor.service",
+                check=False).stdout, 10):
+            break
+        unseen.append(control)
+    else:
+        raise AssertionError(f"the sensor alerted none of 5 probes before the flood: {unseen}")
+    print(f"readiness probes not alerted: {unseen}")
+    booted.sh(f"fail2ban-client set portsentry unbanip {control}", check=False)
+    cursor = journal_cursor(booted)
+    out = spoof(FLOOD_SOURCES)
+    sent = json.loads(out.strip().splitlines()[-1])["sent"]
+    assert sent == FLOOD_SOURCES, out
+
+    def unit_lines() -> list[dict[str, str]]:
+        text = booted.sh(f"journalctl -o json --no-pager --after-cursor='{cursor}' "
+                         "_SYSTEMD_UNIT=portsentry-sensor.service", timeout=120).stdout
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def ended() -> list[str]:
+        return [e["MESSAGE"] for e in unit_lines() if "adminalert: flood ended" in str(e.get("MESSAGE", ""))]
+    assert wait_for(lambda: bool(ended()), 90, step=2), [e.get("MESSAGE") for e in unit_lines()][-20:]
+
+    lines = unit_lines()
+    messages = [str(e.get("MESSAGE", "")) for e in lines]
+    alerts = [e for e in lines if str(e.get("MESSAGE", "")).startswith("attackalert:")
+              and ipaddress.ip_address(e.get("PORTSENTRY_SRC", "0.0.0.0")) in spoofed]
+    assert any(m.startswith("adminalert: flood: more than 20 new unverified sources") for m in messages), messages
+    summary = re.search(r"flood ended after \d+ s: (\d+) new unverified sources, (\d+) suppressed, "
+                        r"(\d+) alerted for scan behaviour", ended()[0])
+    assert summary, ended()
+    seen, suppressed, scan_alerts = map(int, summary.groups())
+    assert scan_alerts == 0, ended()   # one SYN per source: none looks like a scanner
+    assert len(alerts) + suppressed == sent, (len(alerts), summary.group(0), sent)
+    assert len(lines) <= 100, f"{len(lines)} lines for one flood"
+    # journald's own word: "Suppressed N messages from portsentry-sensor.service" (any systemd).
+    everything = booted.sh(f"journalctl -o cat --no-pager --after-cursor='{cursor}'", timeout=120).stdout
+    dropped = [line for line in everything.splitlines() if "Suppressed" in line and "portsentry" in line]
+    assert not dropped, dropped
+    print(f"flood: sent {sent}, {len(alerts)} alert lines, {suppressed} suppressed, {seen} seen "
+          f"during the flood, {len(lines)} unit lines")
