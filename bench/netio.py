@@ -56,8 +56,13 @@ def spoof4(index: int) -> str:
 
 
 def spoof6(index: int) -> str:
-    """The index-th spoofed IPv6 source, inside 2001:db8::/32 but off the lab's /64."""
-    return str(ipaddress.IPv6Address(SPOOF6_BASE + 1 + index))
+    """The index-th spoofed IPv6 source: each in a /64 of its own inside 2001:db8:5000::/36.
+
+    One /64 per source, so a forged flood is a flood of distinct actors: sources of one
+    /64 would be one rotating scanner (sensor/prefixwatch.py, IPV6_PREFIX), alerted and
+    banned as that /64 (bench/rotation.py measures that case).
+    """
+    return str(ipaddress.IPv6Address(SPOOF6_BASE + ((index % (1 << 28)) << 64) + 1))
 
 
 def _checksum(data: bytes) -> int:
