@@ -17,8 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sensor.detector import Detector, DetectorSettings
+from sensor.detector import Detector
 from sensor.probe import Probe
+from sensor.settings import DetectorSettings
 
 
 def per_window(sources: int, ports: int) -> float:

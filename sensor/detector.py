@@ -21,27 +21,10 @@ from dataclasses import dataclass, field
 
 from sensor.alert import Alert
 from sensor.flood import FloodGuard
-from sensor.prefixwatch import PrefixSettings, PrefixWatch
+from sensor.portset import PortSet
+from sensor.prefixwatch import PrefixWatch
 from sensor.probe import Probe
-
-_SMALL_SET = 64  # above this many ports a window switches to a bitmap
-
-
-@dataclass(frozen=True)
-class DetectorSettings:
-    """The knobs of the detector (from Config)."""
-
-    scan_trigger: int = 0
-    scan_window: float = 300.0
-    summary_interval: float = 30.0
-    summary_max_lines: int = 2
-    max_sources: int = 4096
-    flood_sources: int = 20         # new unverified sources per second (the config default); 0: no guard
-    flood_ports: int = 5            # during a flood, more distinct ports than this to alert
-    probation_slots: int = 1 << 20  # the probation table (rounded up to a power of two)
-    ipv6_prefix: int = 64           # IPV6_PREFIX: rotating addresses of one /64 are one actor (128: off)
-    ipv4_prefix: int = 32           # IPV4_PREFIX (32: off)
-    prefix_addresses: int = 2       # PREFIX_ADDRESSES (sensor/prefixwatch.py)
+from sensor.settings import DetectorSettings
 
 
 @dataclass
@@ -50,9 +33,7 @@ class ScanWindow:
 
     started: float
     first: Probe
-    small: set[int] = field(default_factory=set)
-    bitmap: bytearray | None = None
-    count: int = 0
+    ports: PortSet = field(default_factory=PortSet)
     alerted: bool = False
     suppressed: bool = False  # counted once by the flood guard
     reported: int = 0       # ports covered by the last line written
@@ -60,24 +41,14 @@ class ScanWindow:
     last_line: float = 0.0
     last: Probe | None = None
 
+    @property
+    def count(self) -> int:
+        """Distinct ports so far."""
+        return self.ports.count
+
     def touch(self, port: int) -> bool:
         """Record a port; True if it is new in this window."""
-        if self.bitmap is None:
-            if port in self.small:
-                return False
-            self.small.add(port)
-            if len(self.small) > _SMALL_SET:
-                self.bitmap = bytearray(8192)
-                for p in self.small:
-                    self.bitmap[p >> 3] |= 1 << (p & 7)
-                self.small = set()
-        else:
-            byte, bit = port >> 3, 1 << (port & 7)
-            if self.bitmap[byte] & bit:
-                return False
-            self.bitmap[byte] |= bit
-        self.count += 1
-        return True
+        return self.ports.add(port)
 
 
 class Detector:
@@ -126,11 +97,7 @@ class Detector:
     def settings(self, settings: DetectorSettings) -> None:
         self._settings = settings
         self.flood.configure(settings.flood_sources, settings.flood_ports, settings.summary_interval)
-        self.prefixes.settings = PrefixSettings(
-            ipv6_prefix=settings.ipv6_prefix, ipv4_prefix=settings.ipv4_prefix,
-            addresses=settings.prefix_addresses, scan_trigger=settings.scan_trigger,
-            scan_window=settings.scan_window, summary_max_lines=settings.summary_max_lines,
-            max_prefixes=settings.max_sources)
+        self.prefixes.settings = settings
 
     def observe(self, probe: Probe, now: float) -> list[Alert]:
         """Account one probe; return the alerts it causes (zero or one, plus closing summaries)."""

@@ -19,10 +19,11 @@ from dataclasses import replace
 
 from sensor.alert import PRIORITY_NOTICE, PRIORITY_WARNING, SYSLOG_IDENTIFIER, Alert, format_admin, format_alert
 from sensor.config import Config
-from sensor.detector import Detector, DetectorSettings
+from sensor.detector import Detector
 from sensor.loaded import Loaded
 from sensor.metrics import Metrics
 from sensor.probe import Probe
+from sensor.settings import DetectorSettings
 from sensor.sinks import AlertSink, Emitter
 
 RESOLVE_TIMEOUT = 2.0   # seconds a reverse lookup may take before the alert goes out without a name

@@ -60,7 +60,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from sensor.alert import Alert
+from sensor.portset import PortSet
 from sensor.probe import Probe
+from sensor.settings import DetectorSettings
 
 ADDRESS_CAP = 64          # addresses a prefix window remembers by name
 IPV6_LENGTHS = (32, 64)   # IPV6_PREFIX: 32..64, or 128 (off)
@@ -73,33 +75,13 @@ class _Networks(Protocol):
     networks: tuple[Network, ...]
 
 
-@dataclass(frozen=True)
-class PrefixSettings:
-    """The knobs (from Config)."""
-
-    ipv6_prefix: int = 64
-    ipv4_prefix: int = 32
-    addresses: int = 2
-    scan_trigger: int = 0
-    scan_window: float = 300.0
-    summary_max_lines: int = 2
-    max_prefixes: int = 4096
-
-    def length(self, six: bool) -> int | None:
-        """The prefix length for a family, or None when that family is keyed per address."""
-        length = self.ipv6_prefix if six else self.ipv4_prefix
-        return None if length >= (128 if six else 32) else length
-
-
 @dataclass
 class PrefixWindow:
     """What one prefix (protocol, verified class) did since ``started``."""
 
     net: str
     started: float
-    ports: set[int] = field(default_factory=set)
-    bitmap: bytearray | None = None
-    port_count: int = 0
+    ports: PortSet = field(default_factory=PortSet)
     addrs: set[str] = field(default_factory=set)
     address_count: int = 0
     alerted: bool = False
@@ -117,18 +99,12 @@ class PrefixWindow:
             self.address_count += 1
             if len(self.addrs) < ADDRESS_CAP:
                 self.addrs.add(src)
-        if self.bitmap is None:
-            if port not in self.ports:
-                self.ports.add(port)
-                self.port_count += 1
-                if len(self.ports) > 64:
-                    self.bitmap = bytearray(8192)
-                    for p in self.ports:
-                        self.bitmap[p >> 3] |= 1 << (p & 7)
-                    self.ports = set()
-        elif not self.bitmap[port >> 3] & (1 << (port & 7)):
-            self.bitmap[port >> 3] |= 1 << (port & 7)
-            self.port_count += 1
+        self.ports.add(port)
+
+    @property
+    def port_count(self) -> int:
+        """Distinct ports of the prefix so far."""
+        return self.ports.count
 
 
 class IgnoreRanges:
@@ -173,8 +149,8 @@ class FloodPolicy(Protocol):
 class PrefixWatch:
     """The per-prefix windows; :meth:`observe` runs before the detector's per-address path."""
 
-    def __init__(self, settings: PrefixSettings | None = None) -> None:
-        self.settings = settings or PrefixSettings()
+    def __init__(self, settings: DetectorSettings | None = None) -> None:
+        self.settings = settings or DetectorSettings()
         # A prefix seen from one address only is just (address, first seen, port) in
         # ``first`` (cheap: that is every prefix of a forged flood); its second address
         # makes it a window.  Each tier holds at most max_prefixes, oldest out first; a
@@ -206,7 +182,7 @@ class PrefixWatch:
         the new prefix alert replaces (dropped without their summaries).
         """
         six = ":" in probe.src
-        length = self.settings.length(six)
+        length = self.settings.prefix_length(six)
         if length is None:
             return False, [], set()
         bits = int(ipaddress.ip_address(probe.src)) >> ((128 if six else 32) - length)
@@ -253,7 +229,7 @@ class PrefixWatch:
 
     def _insert(self, table: OrderedDict[Key, Any], key: Key, value: object) -> None:
         table[key] = value
-        while len(table) > self.settings.max_prefixes:
+        while len(table) > self.settings.max_sources:
             table.popitem(last=False)
             self.evicted += 1
 
@@ -262,12 +238,12 @@ class PrefixWatch:
             return False
         trigger = self.settings.scan_trigger
         if probe.verified:
-            due = window.port_count > trigger or window.address_count >= self.settings.addresses
+            due = window.port_count > trigger or window.address_count >= self.settings.prefix_addresses
         else:
             # During a flood: scan behaviour (ports) only; a forger can cheaply add addresses.
             threshold = flood.threshold(trigger)
             due = window.port_count > threshold or (threshold == trigger
-                                                    and window.address_count >= self.settings.addresses)
+                                                    and window.address_count >= self.settings.prefix_addresses)
         if not due:
             return False
         if self._ignored(net):

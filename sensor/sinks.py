@@ -57,17 +57,29 @@ def _journal_send() -> Callable[..., Any] | None:
     return send
 
 
-class JournalSink:
+class _SocketSink:
+    """A sink that writes to a local socket: usable while the socket file exists."""
+
+    name = ""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+
+    def is_supported(self) -> bool:
+        return os.path.exists(self.socket_path)
+
+
+class JournalSink(_SocketSink):
     """journald through python3-systemd's native API (``journal.sendv``)."""
 
     name = "journald"
 
     def __init__(self, socket_path: str = JOURNAL_SOCKET) -> None:
-        self.socket_path = socket_path
+        super().__init__(socket_path)
         self.send = _journal_send()
 
     def is_supported(self) -> bool:
-        return self.send is not None and os.path.exists(self.socket_path)
+        return self.send is not None and super().is_supported()
 
     def write(self, message: str, fields: dict[str, str]) -> bool:
         # libsystemd's sd_journal_send() returns success when the socket file is
@@ -81,17 +93,14 @@ class JournalSink:
         return True
 
 
-class SyslogSink:
+class SyslogSink(_SocketSink):
     """RFC 3164 datagrams to /dev/log (rsyslog), facility daemon."""
 
     name = "syslog"
 
     def __init__(self, socket_path: str = SYSLOG_SOCKET) -> None:
-        self.socket_path = socket_path
+        super().__init__(socket_path)
         self.sock: socket.socket | None = None
-
-    def is_supported(self) -> bool:
-        return os.path.exists(self.socket_path)
 
     def write(self, message: str, fields: dict[str, str]) -> bool:
         priority = int(fields.get("PRIORITY", PRIORITY_NOTICE))

@@ -14,7 +14,9 @@ import pytest
 from test_filters import filter_spec, run_regex
 
 from sensor.alert import Alert, format_alert
-from sensor.detector import Detector, DetectorSettings, Probe
+from sensor.detector import Detector
+from sensor.probe import Probe
+from sensor.settings import DetectorSettings
 
 
 def _rotation(src_base: str, dst: str, count: int, verified: bool, suffix: str = "", **kw: int) -> list[Alert]:

@@ -20,12 +20,13 @@ import atheris  # type: ignore[import-not-found]
 with atheris.instrument_imports():
     from sensor.alert import format_alert
     from sensor.config import ConfigError, build_config, parse_text
-    from sensor.detector import Detector, DetectorSettings
+    from sensor.detector import Detector
     from sensor.ignore import IgnoreFileError, parse_ignore
     from sensor.portplan import PortPlan
     from sensor.probe import Probe
     from sensor.raw.capture import RawCapture
     from sensor.raw.packet import Malformed, parse_ip, parse_transport
+    from sensor.settings import DetectorSettings
 
 EVERY = frozenset(range(65536))
 PLAN = PortPlan(tcp_raw=EVERY, udp_raw=EVERY, tcp_raw_mode="atcp", udp_raw_mode="audp")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from sensor.detector import Detector, DetectorSettings
+from sensor.detector import Detector
 from sensor.probe import Probe
+from sensor.settings import DetectorSettings
 
 
 def probe(port: int, src: str = "198.51.100.7", proto: str = "tcp") -> Probe:
@@ -92,7 +93,7 @@ def test_big_scan_uses_a_bitmap_and_counts_exactly() -> None:
     for port in list(range(1, 65536)) + list(range(1, 100)):
         detector.observe(probe(port), 1)
     window = detector.windows[("198.51.100.7", "tcp")]
-    assert window.count == 65535 and window.bitmap is not None and not window.small
+    assert window.count == 65535 and window.ports.bitmap is not None and not window.ports.small
 
 
 def test_a_window_ends_exactly_scan_window_seconds_after_its_first_probe() -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from sensor.alert import Alert
-from sensor.detector import Detector, DetectorSettings
+from sensor.detector import Detector
 from sensor.flood import QUIET, prefix
 from sensor.probe import Probe
+from sensor.settings import DetectorSettings
 
 SCANNER = "192.0.2.66"
 

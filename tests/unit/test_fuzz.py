@@ -26,12 +26,13 @@ from hypothesis import strategies as st
 
 from sensor.alert import format_alert
 from sensor.config import KNOWN_KEYS, ConfigError, Setting, build_config, load_config, parse_text
-from sensor.detector import Detector, DetectorSettings
+from sensor.detector import Detector
 from sensor.ignore import IgnoreFileError, IgnoreList, parse_ignore
 from sensor.portplan import PortPlan
 from sensor.probe import Probe
 from sensor.raw.capture import RawCapture
 from sensor.raw.packet import Malformed, Packet, classify, parse_ip, parse_ipv4, parse_ipv6, parse_transport
+from sensor.settings import DetectorSettings
 
 DEEP = int(os.environ.get("PORTSENTRY_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=DEEP or 200, deadline=None, derandomize=not DEEP, database=None,

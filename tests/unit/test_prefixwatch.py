@@ -9,9 +9,11 @@ import pytest
 
 from sensor.alert import Alert, format_alert
 from sensor.config import ConfigError, load_config
-from sensor.detector import Detector, DetectorSettings, Probe
+from sensor.detector import Detector
 from sensor.ignore import IgnoreList
 from sensor.prefixwatch import ADDRESS_CAP, IgnoreRanges
+from sensor.probe import Probe
+from sensor.settings import DetectorSettings
 
 NET = "2001:db8:77::/64"
 VICTIM6 = "2001:db8::1"
