@@ -20,6 +20,11 @@ from sensor.probe import Probe, Touch
 
 # One fixed 128-bit id for every attack alert (journalctl MESSAGE_ID=...).
 MESSAGE_ID = "6f0b7d8e3c2a4f1b9d5e8a7c4b3f2e1d"
+# The status lines journalctl -x explains too (catalog/portsentry-sensor.catalog): the
+# sensor started, and the flood guard's start/report/end lines (sensor/flood.py).  Other
+# status lines carry no id.
+START_MESSAGE_ID = "03243c74434a49558a9c90c6d1b57322"
+FLOOD_MESSAGE_ID = "4f1ead5f40604bc79d3448e6df48e046"
 SYSLOG_IDENTIFIER = "portsentry-sensor"
 PRIORITY_NOTICE = 5
 PRIORITY_WARNING = 4

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sensor import sdnotify
-from sensor.alert import PRIORITY_ERR
+from sensor.alert import PRIORITY_ERR, START_MESSAGE_ID
 from sensor.config import ConfigError
 from sensor.detector import Detector
 from sensor.events import EventPath, detector_settings
@@ -173,7 +173,7 @@ class Sensor:
         loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self._watch_ignore_file()
-        self.admin(f"started, {self.watch.status()}")
+        self.admin(f"started, {self.watch.status()}", message_id=START_MESSAGE_ID)
         sdnotify.send(sdnotify.ready(self.watch.status()))
         await self.tick()
         sdnotify.send(sdnotify.stopping())

@@ -17,7 +17,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from sensor.alert import PRIORITY_NOTICE, PRIORITY_WARNING, SYSLOG_IDENTIFIER, Alert, format_admin, format_alert
+from sensor.alert import (
+    FLOOD_MESSAGE_ID,
+    PRIORITY_NOTICE,
+    PRIORITY_WARNING,
+    SYSLOG_IDENTIFIER,
+    Alert,
+    format_admin,
+    format_alert,
+)
 from sensor.config import Config
 from sensor.detector import Detector
 from sensor.loaded import Loaded
@@ -109,10 +117,12 @@ class EventPath:
         self.resolver = Resolver()
         self.metrics = Metrics()   # sensor/metrics.py: METRICS_DIR textfile
 
-    def admin(self, text: str, priority: int = PRIORITY_NOTICE) -> None:
-        """A status line (never matches the fail2ban filter)."""
-        self.emitter.emit(format_admin(text), {"PRIORITY": str(priority),
-                                               "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER})
+    def admin(self, text: str, priority: int = PRIORITY_NOTICE, message_id: str = "") -> None:
+        """A status line (never matches the fail2ban filter); ``message_id`` for those in the catalog."""
+        fields = {"PRIORITY": str(priority), "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER}
+        if message_id:
+            fields["MESSAGE_ID"] = message_id
+        self.emitter.emit(format_admin(text), fields)
 
     def warn(self, text: str) -> None:
         """A warning status line (the raw capture's channel too)."""
@@ -130,7 +140,7 @@ class EventPath:
     def flood_lines(self) -> None:
         """The flood guard's start/report/end lines (sensor/flood.py), through admin()."""
         for text in self.detector.flood.drain():
-            self.admin(text, PRIORITY_WARNING)
+            self.admin(text, PRIORITY_WARNING, FLOOD_MESSAGE_ID)
 
     def flush(self, now: float) -> None:
         """Once a second: due summaries and flood lines, then what the sinks still queue."""

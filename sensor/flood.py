@@ -29,6 +29,7 @@ written wait in :attr:`FloodGuard.pending` for the daemon's admin() path.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import Counter
 
 QUIET = 5.0          # seconds without an over-budget second before the flood ends
@@ -160,6 +161,8 @@ class FloodGuard:
                 f"top prefixes {self.prefix_tally.top()}" + (f"; {other} not itemised" if other else ""))
 
     def _end(self, now: float) -> None:
+        if not math.isfinite(now):  # the shutdown's flush(inf): the flood lasted until its last burst
+            now = self.last_over
         tops = ""
         if self.port_tally.counts:
             tops = (f"; since the last report: top ports {self.port_tally.top()}, "

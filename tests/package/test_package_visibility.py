@@ -19,6 +19,9 @@ import pytest
 import test_package_systemd as systemd_story
 from test_package_systemd import ATTACKER_IP, VICTIM_IP, Booted, wait_for
 
+from sensor.alert import MESSAGE_ID as ALERT_ID
+from sensor.alert import START_MESSAGE_ID as START_ID
+
 pytestmark = pytest.mark.package
 
 # The boot fixture (module scope: this module boots its own root per suite), and the exposure
@@ -27,7 +30,6 @@ booted = systemd_story.booted
 test_unit_security_exposure_is_at_most_2_under_the_suites_systemd = \
     systemd_story.test_unit_security_exposure_is_at_most_2_under_the_suites_systemd
 
-ALERT_ID = "6f0b7d8e3c2a4f1b9d5e8a7c4b3f2e1d"   # sensor/alert.py MESSAGE_ID
 METRICS_FILE = "/var/lib/portsentry-sensor/metrics/portsentry_sensor.prom"
 LINK = "/var/lib/prometheus/node-exporter/portsentry_sensor.prom"
 SCRAPE = """
@@ -72,6 +74,10 @@ def test_journalctl_x_explains_the_running_sensors_alert(booted: Booted) -> None
     assert f"Subject: Port scan from {ATTACKER_IP}" in explained, explained
     assert f"fail2ban-client set portsentry unbanip {ATTACKER_IP}" in explained, explained
     assert "PORTSENTRY_VERIFIED=yes means the source completed a TCP handshake" in explained, explained
+    # the start line has an entry of its own (the running unit's own start)
+    started = booted.sh(f"journalctl -x --no-pager -u portsentry-sensor MESSAGE_ID={START_ID} -n 1",
+                        check=False).stdout
+    assert "Subject: portsentry-sensor started" in started and "portsentry-sensor check" in started, started
 
 
 def test_the_sandboxed_unit_writes_metrics_into_its_state_directory(booted: Booted) -> None:

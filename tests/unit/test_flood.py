@@ -182,3 +182,15 @@ def test_output_stays_below_the_units_journald_limit() -> None:
     worst_30s = max(sum(per_second[i:i + 30]) for i in range(len(per_second) - 29))
     print(f"worst 30 s: {worst_30s} lines (LogRateLimitBurst={burst})")
     assert worst_30s < burst / 2, (worst_30s, burst)
+
+
+def test_stopping_during_a_flood_ends_it_with_a_finite_duration() -> None:
+    """Regression: SIGTERM during a flood closes every window with flush(inf) (sensor/events.py
+    close()), and the flood's end line computed round(inf - started): OverflowError at shutdown."""
+    detector = make()
+    flood(detector, 0, 1000, 1000, 10.0)
+    detector.flood.drain()
+    detector.flush(float("inf"))
+    lines = detector.flood.drain()
+    assert len(lines) == 1 and lines[0].startswith("flood ended after 1 s: 950 new unverified sources"), lines
+    assert not detector.flood.active

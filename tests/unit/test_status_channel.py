@@ -64,3 +64,44 @@ def test_a_capture_warning_is_an_adminalert_in_the_journal(tmp_path: Path, monke
     ], sent
     for _message, fields in warnings:
         assert fields == {"PRIORITY": str(PRIORITY_WARNING), "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER}
+
+
+def test_the_start_and_flood_lines_carry_their_catalog_ids(tmp_path: Path) -> None:
+    """Issue 16: journalctl -x explains the start and the flood guard's lines (their own MESSAGE_IDs,
+    catalog/portsentry-sensor.catalog); other status lines carry none, alerts keep theirs."""
+    from sensor.alert import FLOOD_MESSAGE_ID, MESSAGE_ID, START_MESSAGE_ID
+    from sensor.probe import Probe
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    conf = tmp_path / "portsentry.conf"
+    conf.write_text(f'TCP_MODE="tcp"\nUDP_MODE="off"\nTCP_PORTS="{port}"\nLOG_TARGET="stderr"\n'
+                    'FLOOD_SOURCES="20"\nBIND_ADDRESS="127.0.0.1"\n')
+    sensor = Sensor(str(conf), defaults=[])
+    sink, sent = journal_sink(tmp_path)
+    sensor.emitter = Emitter([sink])
+
+    async def scenario() -> int:
+        running = asyncio.get_running_loop().create_task(sensor.run())
+        for _ in range(200):
+            if any(m.startswith("adminalert: started") for m, _ in sent):
+                break
+            await asyncio.sleep(0.01)
+        for i in range(300):  # forged one-probe sources, well within one second
+            sensor.on_probe(Probe(f"198.18.{1 + i // 250}.{i % 250}", "192.0.2.1", "tcp", 1000, "syn", "atcp",
+                                  False))
+        assert sensor.stop_event is not None
+        sensor.stop_event.set()
+        return await running
+
+    assert asyncio.run(scenario()) == 0
+    ids = {}
+    for message, fields in sent:
+        head, rest = message.split(": ", 1)
+        kind = f"{head}: {rest.split()[0].rstrip(',:')}"
+        ids.setdefault(kind, set()).add(fields.get("MESSAGE_ID"))
+    assert ids["adminalert: started"] == {START_MESSAGE_ID}, sent
+    assert ids["adminalert: flood"] == {FLOOD_MESSAGE_ID}, sent
+    assert ids["adminalert: stopped"] == {None}, sent
+    assert {f.get("MESSAGE_ID") for m, f in sent if m.startswith("attackalert:")} == {MESSAGE_ID}
