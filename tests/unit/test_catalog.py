@@ -33,6 +33,14 @@ def compiled_root(tmp_path: Path) -> Path:
     return root
 
 
+def explain(root: Path, journal: Path, *match: str) -> str:
+    """``journalctl -x`` on ``journal`` with the catalog compiled in ``root`` (private mount namespace)."""
+    script = (f"mount --bind {root}/var/lib/systemd/catalog /var/lib/systemd/catalog && "
+              f"journalctl -x --no-pager --file {journal} {' '.join(match)}")
+    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
+                          check=True, timeout=60).stdout
+
+
 def test_catalog_is_installed_by_the_package() -> None:
     install = (REPO / "packaging/debian/portsentry-sensor.install").read_text().splitlines()
     assert "catalog/portsentry-sensor.catalog usr/lib/systemd/catalog/" in install
@@ -55,10 +63,7 @@ def test_journalctl_x_explains_an_alert(tmp_path: Path) -> None:
     message, fields = format_alert(Alert(src="198.51.100.7", dst="192.0.2.10", proto="tcp", dport=22, scan="syn",
                                          mode="atcp", verified=False, count=1))
     journal = write_journal(tmp_path / "alert.journal", [(1_764_000_000, {**fields, "MESSAGE": message})])
-    script = (f"mount --bind {root}/var/lib/systemd/catalog /var/lib/systemd/catalog && "
-              f"journalctl -x --no-pager --file {journal} MESSAGE_ID={MESSAGE_ID}")
-    out = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
-                         check=True, timeout=60).stdout
+    out = explain(root, journal, f"MESSAGE_ID={MESSAGE_ID}")
     assert "░░ Subject: Port scan from 198.51.100.7: syn probe of tcp port 22" in out
     assert "░░ portsentry-sensor saw 198.51.100.7 probe tcp port" in out
     assert "░░     fail2ban-client set portsentry unbanip 198.51.100.7" in out
@@ -75,10 +80,7 @@ def test_journalctl_x_explains_the_start_and_flood_lines(tmp_path: Path) -> None
         (1_764_000_001, {**base, "MESSAGE_ID": FLOOD_MESSAGE_ID,
                          "MESSAGE": format_admin("flood: more than 20 new unverified sources in one second")}),
     ])
-    script = (f"mount --bind {root}/var/lib/systemd/catalog /var/lib/systemd/catalog && "
-              f"journalctl -x --no-pager --file {journal}")
-    out = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
-                         check=True, timeout=60).stdout
+    out = explain(root, journal)
     assert "░░ Subject: portsentry-sensor started" in out
     assert "░░     portsentry-sensor check" in out
     assert "░░ Subject: portsentry-sensor: flood of probes from forged-looking sources" in out
