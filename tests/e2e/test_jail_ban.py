@@ -119,7 +119,7 @@ class Since:
 
     cursor: str
     mark: int
-    ports: int = len(TCP_WATCHED)   # how many watched ports the scan probes
+    ports: int   # how many watched ports the scan probes
 
 
 @dataclass
