@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import pytest
 from f2b import Fail2Ban
+from f2bclient import ban_times as parse_ban_times
 from lab import (
     ATTACKER4,
     ATTACKER6,
@@ -279,13 +280,7 @@ def ban_times(stack: Stack) -> dict[str, int]:
     the time between the two alerts (fail2ban's "already banned" path), so a 2 s
     ban may read 3.
     """
-    out = stack.f2b.client("get", "portsentry", "banip", "--with-time").stdout
-    found = {}
-    for line in out.splitlines():
-        match = re.match(r"^(\S+)\s+.*\+\s+(-?\d+)\s+=", line)
-        if match:
-            found[match.group(1)] = int(match.group(2))
-    return found
+    return parse_ban_times(stack.f2b.client("get", "portsentry", "banip", "--with-time").stdout)
 
 
 def unbanip(stack: Stack, address: str, since: Since | None = None) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from f2b import Fail2Ban
+from f2bclient import banned_with_time
 from lab import REPO_ROOT, SYSTEM_PYTHON, Journal, Lab
 
 pytestmark = pytest.mark.e2e
@@ -125,13 +126,7 @@ def migrate_bans(lab: Lab, root: Path, f2b: Fail2Ban, *extra: str) -> tuple[int,
 
 def ban_expiries(f2b: Fail2Ban) -> dict[str, str]:
     """Address -> the expiry fail2ban reports (``get portsentry banip --with-time``)."""
-    out = f2b.client("get", "portsentry", "banip", "--with-time").stdout
-    found: dict[str, str] = {}
-    for line in out.splitlines():
-        parts = line.split(None, 1)
-        if len(parts) == 2:
-            found[parts[0]] = parts[1]
-    return found
+    return banned_with_time(f2b.client("get", "portsentry", "banip", "--with-time").stdout)
 
 
 def test_portsentry_blocks_become_expiring_fail2ban_bans(tmp_path: Path, journald: Journal) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 from debroot import BUILD_DEPENDS, DebianRoot, copy_source_tree, require, run
+from f2bclient import ban_times as parse_ban_times
 
 pytestmark = pytest.mark.package
 
@@ -326,13 +327,7 @@ def connects(booted: Booted) -> bool:
 
 def ban_times(booted: Booted) -> dict[str, int]:
     """`fail2ban-client get portsentry banip --with-time`: address -> bantime in s (-1: permanent)."""
-    out = booted.sh("fail2ban-client get portsentry banip --with-time", check=False).stdout
-    found = {}
-    for line in out.splitlines():
-        match = re.match(r"^(\S+)\s+.*\+\s+(-?\d+)\s+=", line)
-        if match:
-            found[match.group(1)] = int(match.group(2))
-    return found
+    return parse_ban_times(booted.sh("fail2ban-client get portsentry banip --with-time", check=False).stdout)
 
 
 def in_set(booted: Booted) -> bool:
