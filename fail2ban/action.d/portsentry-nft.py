@@ -86,6 +86,11 @@ def _number(text, kind, low, high, error):
     return value
 
 
+def _has_set(listing, name):
+    """Whether ``nft list table`` output holds the set ``name``."""
+    return re.search(rf"^\s*set {re.escape(name)} \{{", listing, re.M) is not None
+
+
 class NftError(RuntimeError):
     """A libnftables command failed."""
 
@@ -203,19 +208,12 @@ class PortsentryNft(ActionBase):
         """Create table, chain, both sets and their rules (keeping what a crash left behind)."""
         conf = self._conf
         table, chain = conf["table"], conf["chain"]
-        lines = [f"add table {table}",
-                 f"add chain {table} {chain} {{ type filter hook input priority {conf['priority']} ; }}"]
-        lines += [f"add set {table} {setname} {{ type {'ipv4_addr' if family == 4 else 'ipv6_addr'} ; }}"
-                  for family, setname in conf["sets"].items()]
-        self._cmd("\n".join(lines))
-        present = {setname for _, setname in self._rules()}
-        rules = [f"add rule {table} {chain} {conf['match']} {'ip' if family == 4 else 'ip6'} saddr @{setname} "
-                 f"{conf['blocktype']}" for family, setname in conf["sets"].items() if setname not in present]
-        if rules:
-            self._cmd("\n".join(rules))
+        self._add_sets(conf["sets"], before=(
+            f"add table {table}",
+            f"add chain {table} {chain} {{ type filter hook input priority {conf['priority']} ; }}"))
         self._nets_ready = False
         out = self._list_table()
-        if any(re.search(rf"^\s*set {re.escape(n)} \{{", out, re.M) for n in conf["nets"].values()):
+        if any(_has_set(out, name) for name in conf["nets"].values()):
             self._ensure_nets()  # prefix bans from before a crash or reload: keep their sets
         self._started = True
         with self._queue_cond:
@@ -238,7 +236,7 @@ class PortsentryNft(ActionBase):
         lines = [f"delete rule {table} {conf['chain']} handle {handle}" for handle, _ in self._rules()]
         out = self._list_table()
         lines += [f"delete set {table} {setname}" for setname in (*conf["sets"].values(), *conf["nets"].values())
-                  if re.search(rf"^\s*set {re.escape(setname)} \{{", out, re.M)]
+                  if _has_set(out, setname)]
         if lines:
             self._cmd("\n".join(lines))
         out = self._list_table()
@@ -251,16 +249,22 @@ class PortsentryNft(ActionBase):
         """The prefix sets (flags interval) and their rules, once (see the header)."""
         if self._nets_ready:
             return
+        self._add_sets(self._conf["nets"], "flags interval ; ")
+        self._nets_ready = True
+
+    def _add_sets(self, sets, flags="", before=()):
+        """Add the sets (family -> name; ``flags`` for the prefix sets), in one transaction after
+        ``before``, then each one's rule if missing."""
         conf = self._conf
         table, chain = conf["table"], conf["chain"]
-        self._cmd("\n".join(f"add set {table} {setname} {{ type {'ipv4_addr' if family == 4 else 'ipv6_addr'} ; "
-                            f"flags interval ; }}" for family, setname in conf["nets"].items()))
+        self._cmd("\n".join([*before, *(f"add set {table} {setname} {{ type "
+                                         f"{'ipv4_addr' if family == 4 else 'ipv6_addr'} ; {flags}}}"
+                                         for family, setname in sets.items())]))
         present = {setname for _, setname in self._rules()}
         rules = [f"add rule {table} {chain} {conf['match']} {'ip' if family == 4 else 'ip6'} saddr @{setname} "
-                 f"{conf['blocktype']}" for family, setname in conf["nets"].items() if setname not in present]
+                 f"{conf['blocktype']}" for family, setname in sets.items() if setname not in present]
         if rules:
             self._cmd("\n".join(rules))
-        self._nets_ready = True
 
     def _list_table(self):
         with self._lock:
