@@ -33,7 +33,7 @@ from floodrun import SENSOR_CONF, FloodResult, run_flood  # noqa: E402
 
 SLOW_CONF = SENSOR_CONF.replace('SCAN_TRIGGER="0"', 'SCAN_TRIGGER="2"')
 from lab import Journal, Lab, ensure_user, world_readable_dir  # noqa: E402
-from report import git_head, machine, record, uptime  # noqa: E402
+from report import record, run_header, uptime  # noqa: E402
 
 
 def _runs(text: str) -> list[tuple[int, float]]:
@@ -104,11 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(rows[-1], flush=True)
     finally:
         journal.stop()
-    text = (f"\n## Decoy flood run {started} (issue 11, sensor side)\n\n"
-            f"Command (as root, in {REPO}): `{command}`  \nTree: {git_head()}  \nBan action: {ban_action()}  \n"
-            f"Machine: {machine()}  \n"
-            f"Load before: `{load_before}`  \nLoad after: `{uptime()}`\n\n"
-            "| flood (forged SYNs, one per source) | sent | real scanner: first probe -> ban | "
+    text = (run_header(f"Decoy flood run {started} (issue 11, sensor side)", command, load_before,
+                       f"Ban action: {ban_action()}")
+            + "| flood (forged SYNs, one per source) | sent | real scanner: first probe -> ban | "
             "forged banned | sensor lines | says flood | sensor peak RSS | fail2ban CPU | fail2ban peak RSS |\n"
             "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\nThe sensor's admin lines:\n\n"
             + "\n".join(raw) + "\n")

@@ -146,3 +146,10 @@ def record(text: str, path: Path) -> None:
     """Append to RESULTS.md."""
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def run_header(title: str, command: str, load_before: str, *extra: str) -> str:
+    """The head of a RESULTS.md section: title, command, tree, ``extra`` lines, machine, load before/after."""
+    lines = [f"Command (as root, in {REPO}): `{command}`", f"Tree: {git_head()}", *extra, f"Machine: {machine()}",
+             f"Load before: `{load_before}`", f"Load after: `{uptime()}`"]
+    return f"\n## {title}\n\n" + "  \n".join(lines) + "\n\n"

@@ -33,7 +33,7 @@ sys.path[:0] = [str(BENCH), str(REPO / "tests" / "e2e"), str(REPO)]
 
 from f2b import TABLE, Fail2Ban  # noqa: E402
 from lab import SYSTEM_PYTHON, VICTIM6, Journal, Lab, SensorProcess, ensure_user, world_readable_dir  # noqa: E402
-from report import git_head, machine, record, uptime  # noqa: E402
+from report import record, run_header, uptime  # noqa: E402
 from test_jail_ban import SERVICE_TCP, TCP_WATCHED, jail_local  # noqa: E402
 from test_prefix_rotation import NET, SENSOR_CONF  # noqa: E402
 
@@ -141,10 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(rows[-1], flush=True)
     finally:
         journal.stop()
-    text = (f"\n## Rotating IPv6 scanner run {started} (issue 14)\n\n"
-            f"Command (as root, in {REPO}): `{command}`  \nTree: {git_head()}  \nMachine: {machine()}  \n"
-            f"Load before: `{load_before}`  \nLoad after: `{uptime()}`\n\n"
-            "| addresses of one /64, one connection each | rotation took | start -> /64 in the nft set | "
+    text = (run_header(f"Rotating IPv6 scanner run {started} (issue 14)", command, load_before)
+            + "| addresses of one /64, one connection each | rotation took | start -> /64 in the nft set | "
             "sensor alert lines (all) | /64 listed by status | sensor peak RSS |\n"
             "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     print(text)

@@ -35,7 +35,7 @@ REPO = BENCH.parent
 sys.path[:0] = [str(BENCH), str(REPO / "tests" / "e2e"), str(REPO)]
 
 from lab import Journal, Lab  # noqa: E402
-from report import Results, git_head, machine, notes, record, table, targets, uptime  # noqa: E402
+from report import Results, notes, record, run_header, table, targets, uptime  # noqa: E402
 from sections import SECTIONS  # noqa: E402
 from sensors import JournalWatch, portsentry_root  # noqa: E402
 from world import PREFIX, Settings, World, build_lab  # noqa: E402
@@ -89,13 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 watch.close()
     finally:
         journal.stop()
-    load_after = uptime()
-    report = table(results)
-    text = (f"\n## Run {started}{' (--quick: sizes reduced, not a result)' if args.quick else ''}\n\n"
-            f"Command (as root, in {REPO}): `{command}`  \nTree: {git_head()}  \n"
-            f"PortSentry: Debian package portsentry 1.2, unpacked in {ps_root}  \nMachine: {machine()}  \n"
-            f"Load before: `{load_before}`  \nLoad after: `{load_after}`\n\n{report}\n\n"
-            f"{targets(results)}\n\n{notes(results)}\n")
+    title = f"Run {started}{' (--quick: sizes reduced, not a result)' if args.quick else ''}"
+    text = (run_header(title, command, load_before,
+                       f"PortSentry: Debian package portsentry 1.2, unpacked in {ps_root}")
+            + f"{table(results)}\n\n{targets(results)}\n\n{notes(results)}\n")
     if failures:
         text += "\n" + "\n".join(f"- {f}" for f in failures) + "\n"
     if results.raw:
